@@ -1,0 +1,31 @@
+import torch
+
+from mubench.api import Method, Pass
+from mubench.api.losses import distill_kl
+
+
+class BadTeacher(Method):
+    """Bad-T, the incompetent teacher (Chundawat et al. 2023).
+
+    The student (θ₀ at first) imitates a randomly initialised teacher on D_f and the
+    competent teacher θ₀ on a random ``retain_fraction`` of D_r, drawn anew each epoch:
+    KL(log_softmax(student/T) ‖ softmax(teacher/T)), averaged over the batch.
+    """
+
+    name = "badt"
+    summary = "distil a random teacher on D_f and θ₀ on part of D_r"
+    defaults = Method.defaults | dict(epochs=1, optimizer="adam", lr=1e-4, temperature=1.0, retain_fraction=0.3)
+
+    def setup(self):
+        self.competent = self.ctx.frozen_copy()
+        self.incompetent = self.ctx.frozen_copy(self.ctx.fresh_model())
+
+    def passes(self, epoch):
+        return [Pass("mixed", self.loader("train", retain_fraction=self.hp.retain_fraction))]
+
+    def loss(self, batch, phase):
+        competent = self.teacher_logits(self.competent, batch)
+        incompetent = self.teacher_logits(self.incompetent, batch)
+        forget = batch.forget.view(-1, *[1] * (competent.dim() - 1))
+        target = torch.where(forget, incompetent, competent)
+        return distill_kl(self.logits(batch), target, self.hp.temperature)

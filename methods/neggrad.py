@@ -1,0 +1,18 @@
+from mubench.api import Method, Pass
+
+
+class NegGrad(Method):
+    """Gradient ascent on D_f (Golatkar et al. 2020): maximise the task loss of the forget set.
+
+    Nothing holds D_r in place, so it collapses fast: keep epochs and learning rate small.
+    """
+
+    name = "neggrad"
+    summary = "gradient ascent on D_f"
+    defaults = Method.defaults | dict(epochs=1, optimizer="adam", lr=5e-5)
+
+    def passes(self, epoch):
+        return [Pass("forget", self.loader("forget"))]
+
+    def loss(self, batch, phase):
+        return -self.task_loss(batch)

@@ -1,0 +1,27 @@
+from mubench.api import Method, Pass, TaskType
+
+
+class RandLabel(Method):
+    """Random labels (Graves et al. 2021): train on D_f ∪ D_r where D_f carries wrong targets.
+
+    ``relabel``: ``random`` draws a new wrong label for every D_f example in every
+    batch (the paper, Deep Unlearn's SRL); ``shift`` uses (y + 1) mod K (MU-Bench's code).
+    """
+
+    name = "randlabel"
+    summary = "train on D_f (wrong labels) and D_r"
+    defaults = Method.defaults | dict(relabel="random")
+    choices = Method.choices | {"relabel": ("random", "shift")}
+
+    @classmethod
+    def unsupported(cls, task):
+        if type(task).relabel is TaskType.relabel:
+            return f"task type '{task.name}' cannot corrupt targets (it does not implement TaskType.relabel)"
+        return None
+
+    def passes(self, epoch):
+        return [Pass("train", self.loader("train"))]
+
+    def loss(self, batch, phase):
+        inputs = self.task.relabel(batch.inputs, batch.forget, self.hp.relabel, self.ctx.generator)
+        return self.task_loss(batch, inputs=inputs)

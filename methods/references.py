@@ -1,0 +1,36 @@
+"""The reference rows: the untouched original, exact retraining, and fine-tuning on D_r."""
+from mubench.api import Fit, Method
+from mubench.loop import LoopReport
+
+
+class Original(Method):
+    """θ₀ unchanged: the baseline row every method is compared with."""
+
+    name = "original"
+    summary = "no change (the baseline row)"
+    time_limited = False
+    defaults = {}
+
+    def unlearn(self) -> LoopReport:
+        return LoopReport()
+
+
+class Retrain(Fit):
+    """Exact unlearning: a fresh model trained on D_r with the original model's recipe."""
+
+    name = "retrain"
+    summary = "exact unlearning: train from scratch on D_r (the reference)"
+    part = "retain"
+
+    def setup(self):
+        self.ctx.model = self.ctx.fresh_model()
+
+
+class FineTune(Fit):
+    """FT: keep training θ₀ on D_r only and rely on catastrophic forgetting."""
+
+    name = "finetune"
+    summary = "continue training on D_r only"
+    recipe = "unlearn"
+    time_limited = True
+    part = "retain"

@@ -1,0 +1,50 @@
+import torch
+
+from mubench.loop import autocast
+from mubench.methods.randlabel import RandLabel
+
+
+class SalUn(RandLabel):
+    """SalUn, saliency unlearning (Fan et al. 2024): RandLabel on the salient weights only.
+
+    One pass over D_f sums the gradient of the forgetting loss (−task loss) for every
+    weight, from zero; the weights whose |gradient| is in the global top
+    ``mask_ratio`` are salient. Training then masks every other gradient, weight decay
+    included, so the other weights stay exactly at θ₀.
+    """
+
+    name = "salun"
+    summary = "random labels on the weights most salient to D_f"
+    defaults = RandLabel.defaults | dict(
+        mask_ratio=0.5, epochs=10, optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=5e-4, batch_size=256,
+    )
+
+    @classmethod
+    def check_args(cls, args):
+        if not 0 < args["mask_ratio"] <= 1:
+            return f"mask_ratio must lie in (0, 1], got {args['mask_ratio']}"
+        return super().check_args(args)
+
+    def setup(self):
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.model.eval()
+        self.model.zero_grad(set_to_none=True)
+        for batch in self.loader("forget", shuffle=False):
+            batch = batch.to(self.ctx.device)
+            with autocast(self.ctx.device, self.ctx.precision):
+                loss = -self.task_loss(batch)
+            loss.backward()
+        saliency = torch.cat([p.grad.abs().flatten() for p in self.params if p.grad is not None])
+        keep = max(1, round(self.hp.mask_ratio * saliency.numel()))
+        threshold = torch.kthvalue(saliency.float().cpu(), saliency.numel() - keep + 1).values.item()
+        self.masks = [(p.grad.abs() >= threshold).to(p.dtype) if p.grad is not None else torch.zeros_like(p)
+                      for p in self.params]
+        self.model.zero_grad(set_to_none=True)
+
+    def after_backward(self):
+        for param, mask in zip(self.params, self.masks):
+            if param.grad is not None:
+                param.grad.add_(param.detach(), alpha=self.hp.weight_decay).mul_(mask)
+
+    def optimizer_settings(self):
+        return super().optimizer_settings() | {"weight_decay": 0.0}  # applied, masked, in after_backward

@@ -1,0 +1,3 @@
+from mubench.cli import main
+
+raise SystemExit(main())

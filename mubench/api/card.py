@@ -1,0 +1,158 @@
+"""Task cards: YAML files that name a task's data, models, metrics and recipes."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+from mubench.errors import UserError, unknown_name
+
+
+@cache
+def schema(name: str) -> dict:
+    """A JSON Schema shipped in ``mubench/schemas`` (``task_card`` or ``result``)."""
+    return json.loads(resources.files("mubench.schemas").joinpath(f"{name}.schema.json").read_text())
+
+
+def schema_errors(instance, name: str, source) -> None:
+    """Raise a one-line :class:`UserError` naming ``source``, the key and what was expected."""
+    validator = jsonschema.Draft202012Validator(schema(name))
+    error = jsonschema.exceptions.best_match(validator.iter_errors(instance))
+    if error is not None:
+        raise UserError(f"{source}: {key_path(error.absolute_path)}: {error.message}")
+
+
+def key_path(parts) -> str:
+    """``['deletion', 'ratios', 2]`` -> ``key 'deletion.ratios[2]'``."""
+    text = ""
+    for part in parts:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return f"key '{text}'" if text else "top level"
+
+
+def read_yaml(path: Path) -> dict:
+    """Read a YAML mapping safely; syntax errors become one-line user errors."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as e:
+        raise UserError(f"{path}: cannot read: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise UserError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: top level: expected a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def merge(base: dict, override: dict) -> dict:
+    """Deep-merge two card mappings; ``override`` wins, nested mappings merge key by key."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def resolve_includes(path: Path, seen: tuple = ()) -> dict:
+    """A card's mapping with its ``include:`` chain (paths relative to the card) merged in."""
+    path = path.resolve()
+    if path in seen:
+        raise UserError(f"{path}: key 'include': include cycle through {' -> '.join(p.name for p in seen)}")
+    data = read_yaml(path)
+    base = data.pop("include", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise UserError(f"{path}: key 'include': expected a path to a base card, got {base!r}")
+    base_path = path.parent / base
+    if not base_path.is_file():
+        raise UserError(f"{path}: key 'include': no such file {base_path}")
+    return merge(resolve_includes(base_path, seen + (path,)), data)
+
+
+@dataclass(frozen=True)
+class TaskCard:
+    """A validated task card. ``data`` is the merged mapping; ``sha256`` hashes it canonically."""
+
+    path: Path
+    data: dict = field(repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.data["task"]
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(json.dumps(self.data, sort_keys=True).encode()).hexdigest()
+
+    @property
+    def task_type(self) -> str:
+        return self.data["task_type"]
+
+    @property
+    def dataset(self) -> dict:
+        return self.data["dataset"]
+
+    @property
+    def columns(self) -> dict:
+        return self.data["dataset"].get("columns", {})
+
+    @property
+    def models(self) -> dict:
+        return self.data["models"]
+
+    @property
+    def default_model(self) -> str:
+        return self.data.get("default_model") or next(iter(self.models))
+
+    def model(self, name: str | None) -> tuple[str, dict]:
+        """The model family ``name`` (the card's default if None) and its spec."""
+        name = name or self.default_model
+        if name not in self.models:
+            raise unknown_name(f"model for task '{self.name}'", name, self.models)
+        return name, self.models[name]
+
+    @property
+    def ratios(self) -> list[float]:
+        return self.data["deletion"]["ratios"]
+
+    @property
+    def default_ratio(self) -> float:
+        return self.data["deletion"].get("default_ratio", self.ratios[0])
+
+    @property
+    def split_seed(self) -> int:
+        return self.data["deletion"]["split_seed"]
+
+    @property
+    def seeds(self) -> list[int]:
+        return self.data.get("seeds", [0])
+
+    @property
+    def eval(self) -> dict:
+        return self.data.get("eval", {})
+
+
+def load_card(path: str | Path) -> TaskCard:
+    """Read, merge and validate a task card; any problem is one line naming file and key."""
+    path = Path(path)
+    data = resolve_includes(path)
+    schema_errors(data, "task_card", path)
+    dataset = data["dataset"]
+    if ("loader" in dataset) == ("path" in dataset):
+        raise UserError(f"{path}: key 'dataset': expected exactly one of 'loader' (built-in) or 'path' (Hugging Face datasets)")
+    if "default_model" in data and data["default_model"] not in data["models"]:
+        raise UserError(f"{path}: key 'default_model': expected one of the card's models ({', '.join(data['models'])}), got '{data['default_model']}'")
+    deletion = data["deletion"]
+    if "default_ratio" in deletion and deletion["default_ratio"] not in deletion["ratios"]:
+        raise UserError(f"{path}: key 'deletion.default_ratio': expected one of deletion.ratios, got {deletion['default_ratio']}")
+    return TaskCard(path=path, data=data)

@@ -1,0 +1,196 @@
+"""The unlearning method: a short class that says only what is particular to it.
+
+The core builds the optimiser, moves batches to the device, runs autocast, shows
+progress, decays the learning rate and enforces the time budget. A method chooses
+which data each epoch passes over (:meth:`Method.passes`), the loss of a batch
+(:meth:`Method.loss`) and, optionally, set-up work and gradient surgery.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Callable, ClassVar, NamedTuple
+
+import torch
+from torch.utils.data import DataLoader
+
+from mubench.api.task import TaskType
+from mubench.data import Batch, UnlearningData
+from mubench.errors import UserError, unknown_name
+from mubench.loop import OPTIMIZERS, Budget, LoopReport, optimise
+
+
+class Pass(NamedTuple):
+    """One sweep of an epoch: the ``phase`` name handed to :meth:`Method.loss` and its loader."""
+
+    phase: str
+    loader: DataLoader
+
+
+@dataclass
+class Context:
+    """What a method works with: the task, the model being unlearned, the data and the device."""
+
+    task: TaskType
+    model: torch.nn.Module
+    data: UnlearningData
+    device: torch.device
+    precision: str
+    build_model: Callable[[], torch.nn.Module]
+    generator: torch.Generator
+    budget: Budget = field(default_factory=Budget)
+
+    def frozen_copy(self, model: torch.nn.Module | None = None) -> torch.nn.Module:
+        """A copy of ``model`` (default: the model as it is now) in eval mode with no gradients."""
+        frozen = copy.deepcopy(model if model is not None else self.model).eval()
+        frozen.requires_grad_(False)
+        return frozen
+
+    def fresh_model(self) -> torch.nn.Module:
+        """A randomly initialised model of the same family, on the device."""
+        return self.build_model().to(self.device)
+
+
+class Method:
+    """Base class of unlearning methods.
+
+    ``defaults`` lists every hyperparameter with its default; the card's ``unlearn``
+    section (or ``train`` where ``recipe = "train"``), then ``methods.<name>``, then
+    ``--method-args`` override them. ``time_limited`` methods stop when unlearning
+    would take longer than retraining.
+    """
+
+    name: ClassVar[str]
+    summary: ClassVar[str] = ""
+    recipe: ClassVar[str] = "unlearn"
+    time_limited: ClassVar[bool] = True
+    defaults: ClassVar[dict] = dict(
+        epochs=1, batch_size=32, optimizer="adam", lr=1e-4, momentum=0.9, weight_decay=0.0,
+        lr_decay_epochs=[], lr_decay=0.1,
+    )
+    choices: ClassVar[dict] = {"optimizer": tuple(OPTIMIZERS)}
+
+    def __init__(self, ctx: Context, args: dict):
+        self.ctx = ctx
+        self.hp = SimpleNamespace(**args)
+
+    @classmethod
+    def resolve_args(cls, card, overrides: dict | None = None) -> dict:
+        """Hyperparameters: ``defaults`` < card recipe < ``methods.<name>`` < ``overrides``.
+
+        The card's shared recipe sets only the keys a method declares; a key the
+        method does not know in ``methods.<name>`` or ``overrides`` is an error.
+        """
+        args = dict(cls.defaults)
+        args.update({k: v for k, v in card.data[cls.recipe].items() if k in args})
+        for source, values in ((f"{card.path}: methods.{cls.name}", card.data.get("methods", {}).get(cls.name, {})),
+                               ("--method-args", overrides or {})):
+            for key, value in values.items():
+                if key not in args:
+                    raise unknown_name(f"argument of method '{cls.name}' in {source}", key, args)
+                args[key] = _coerce(key, value, cls.defaults[key], source)
+        problem = cls.check_args(args)
+        if problem:
+            raise UserError(f"method '{cls.name}': {problem}")
+        return args
+
+    @classmethod
+    def check_args(cls, args: dict) -> str | None:
+        """What is wrong with resolved hyperparameters, in words, or None."""
+        for key, allowed in cls.choices.items():
+            if key in args and args[key] not in allowed:
+                return f"{key} must be one of {', '.join(allowed)}, got {args[key]!r}"
+        for key in ("epochs", "batch_size", "lr"):
+            if key in args and not args[key] > 0:
+                return f"{key} must be positive, got {args[key]}"
+        return None
+
+    @classmethod
+    def unsupported(cls, task: TaskType) -> str | None:
+        """Why this method cannot run on ``task``, or None when it can."""
+        return None
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.ctx.model
+
+    @property
+    def task(self) -> TaskType:
+        return self.ctx.task
+
+    # --- what a method says ---------------------------------------------------------------
+    def setup(self) -> None:
+        """Work before the first epoch (teachers, masks); it counts as unlearning time."""
+
+    def passes(self, epoch: int) -> list[Pass]:
+        """The sweeps of epoch ``epoch`` in order."""
+        raise NotImplementedError
+
+    def loss(self, batch: Batch, phase: str) -> torch.Tensor:
+        """The scalar loss of ``batch`` in ``phase``; the core back-propagates it."""
+        raise NotImplementedError
+
+    def after_backward(self) -> None:
+        """Gradient surgery between ``backward()`` and the optimiser step."""
+
+    def optimizer_settings(self) -> dict:
+        """Optimiser name, learning rate and decay, read from the hyperparameters."""
+        hp = self.hp
+        return dict(optimizer=hp.optimizer, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay,
+                    lr_decay_epochs=list(hp.lr_decay_epochs), lr_decay=hp.lr_decay)
+
+    def unlearn(self) -> LoopReport:
+        """Set up, then optimise for ``epochs`` epochs; the core times the whole call."""
+        start = time.perf_counter()
+        self.ctx.budget.start()
+        self.setup()
+        report = optimise(self, self.model, self.hp.epochs, self.ctx.device, self.ctx.precision,
+                          self.ctx.budget, desc=self.name)
+        report.seconds = time.perf_counter() - start
+        return report
+
+    # --- helpers --------------------------------------------------------------------------
+    def loader(self, part: str, batch_size: int | None = None, **options) -> DataLoader:
+        """A shuffled loader over ``part`` (``forget``, ``retain``, ``train``) at the method's batch size."""
+        return self.ctx.data.loader(part, batch_size or self.hp.batch_size, **options)
+
+    def logits(self, batch: Batch, model: torch.nn.Module | None = None) -> torch.Tensor:
+        return self.task.forward(model if model is not None else self.model, batch.inputs)
+
+    def teacher_logits(self, teacher: torch.nn.Module, batch: Batch) -> torch.Tensor:
+        """Logits of a frozen model, without building a graph."""
+        with torch.no_grad():
+            return self.logits(batch, teacher)
+
+    def task_loss(self, batch: Batch, logits: torch.Tensor | None = None, inputs: dict | None = None) -> torch.Tensor:
+        """The mean task loss of ``batch`` (against ``inputs`` if given, e.g. relabelled ones)."""
+        inputs = inputs if inputs is not None else batch.inputs
+        logits = logits if logits is not None else self.task.forward(self.model, inputs)
+        return self.task.loss(logits, inputs).mean()
+
+
+def _coerce(key: str, value, default, source: str):
+    """``value`` as the type of ``default`` (an int is a valid float); else a one-line error."""
+    expected = type(default)
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, expected) and not (expected is int and isinstance(value, bool)):
+        return value
+    raise UserError(f"{source}: {key}: expected {expected.__name__}, got {value!r}")
+
+
+class Fit(Method):
+    """Ordinary training with the task loss on one part of the data: the card's ``train`` recipe."""
+
+    name = "fit"
+    recipe = "train"
+    time_limited = False
+    part: ClassVar[str] = "train"
+
+    def passes(self, epoch):
+        return [Pass(self.part, self.loader(self.part))]
+
+    def loss(self, batch, phase):
+        return self.task_loss(batch)

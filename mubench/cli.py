@@ -1,0 +1,177 @@
+"""The ``mubench`` command: ``run``, ``train``, ``list`` and ``validate``.
+
+Errors in what the user gave are one line on stderr and exit code 2; nothing is
+written when a run fails.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import sys
+from pathlib import Path
+
+import yaml
+
+from mubench.errors import UserError
+
+log = logging.getLogger("mubench")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with its errors on one line."""
+
+    def error(self, message):
+        self.exit(2, f"mubench: error: {message}\n")
+
+
+def parse_method_args(text: str) -> dict:
+    """``lr=0.01,epochs=3,lr_decay_epochs=[3,5]`` -> dict; values are read as YAML scalars/lists."""
+    if not text:
+        return {}
+    args = {}
+    for item in re.split(r",(?=\s*[A-Za-z_]\w*\s*=)", text):
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not re.fullmatch(r"[A-Za-z_]\w*", key):
+            raise UserError(f"--method-args: expected key=value[,key=value...], got {item!r}")
+        try:
+            args[key] = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError:
+            raise UserError(f"--method-args: cannot read the value of {key}: {value!r}") from None
+    return args
+
+
+def ratio(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number such as 0.05, got {text!r}") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"a deletion ratio lies strictly between 0 and 1 (0.05 is 5%), got {text}")
+    return value
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="mubench", description="Benchmark machine unlearning methods (MU-Bench).")
+    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    def common(p):
+        p.add_argument("--include-path", action="append", default=[], metavar="DIR", help="extra folder of task cards")
+        p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+        p.add_argument("--precision", default="auto", help="auto (bf16 on cuda), bf16 or fp32")
+
+    run = sub.add_parser("run", help="unlearn with a method on a task and write a result JSON")
+    run.add_argument("--task", required=True)
+    run.add_argument("--method", required=True)
+    run.add_argument("--model", help="model family of the task (default: the card's)")
+    run.add_argument("--deletion-ratio", type=ratio, help="share of the training split to delete (default: the card's)")
+    run.add_argument("--seed", type=int, help="run seed (default: the card's first)")
+    run.add_argument("--method-args", default="", metavar="K=V,...", help="override hyperparameters")
+    run.add_argument("--time-budget", default="retrain", help="'retrain' (default), 'none' or seconds")
+    run.add_argument("--output-path", type=Path, default=Path("results"), metavar="DIR")
+    common(run)
+
+    train = sub.add_parser("train", help="train and cache a task's original model")
+    train.add_argument("--task", required=True)
+    train.add_argument("--model")
+    train.add_argument("--force", action="store_true", help="retrain even if a cached model exists")
+    common(train)
+
+    ls = sub.add_parser("list", help="list tasks, methods or models")
+    ls.add_argument("what", choices=["tasks", "methods", "models"])
+    ls.add_argument("--task", help="only this task's models")
+    ls.add_argument("--include-path", action="append", default=[], metavar="DIR")
+
+    validate = sub.add_parser("validate", help="check task cards (.yaml) or results (.json)")
+    validate.add_argument("files", nargs="+", type=Path)
+    return parser
+
+
+def cmd_run(args) -> int:
+    from mubench.harness import RunConfig, run
+    from mubench.results import summary_table
+
+    config = RunConfig(task=args.task, method=args.method, model=args.model, deletion_ratio=args.deletion_ratio,
+                       seed=args.seed, method_args=parse_method_args(args.method_args), device=args.device,
+                       precision=args.precision, time_budget=args.time_budget, output_path=args.output_path,
+                       include_paths=args.include_path)
+    result, path = run(config)
+    print(summary_table(result))
+    print(f"result: {path}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from mubench.api.registry import Registry
+    from mubench.harness import Prepared
+    from mubench.loop import resolve_device, resolve_precision
+
+    prepared = Prepared(Registry(args.include_path), args.task, args.model, None)
+    device = resolve_device(args.device)
+    precision = resolve_precision(args.precision, device)
+    prepared.load()
+    original = prepared.original(device, precision, retrain_cache=args.force)
+    metrics = original.sidecar.get("metrics", {})
+    print(f"{prepared.card.name}/{prepared.family.name}: {original.source}")
+    for key, value in metrics.items():
+        print(f"  {key}: {value:.4f}")
+    return 0
+
+
+def cmd_list(args) -> int:
+    from mubench.api.registry import Registry
+
+    registry = Registry(args.include_path)
+    if args.what == "methods":
+        for name, cls in sorted(registry.methods.items()):
+            print(f"{name:<12} {cls.summary}")
+    elif args.what == "tasks":
+        for name in sorted(registry.card_paths):
+            card = registry.card(name)
+            print(f"{name:<16} {card.data['modality']:<10} {card.task_type:<22} models: {', '.join(card.models)}")
+    else:
+        names = [registry.card(args.task).name] if args.task else sorted(registry.card_paths)
+        for name in names:
+            card = registry.card(name)
+            for model, spec in card.models.items():
+                default = " (default)" if model == card.default_model else ""
+                print(f"{name:<16} {model + default:<20} {spec['architecture']:<20} original: {spec['original']}")
+    return 0
+
+
+def cmd_validate(args) -> int:
+    from mubench.api.card import load_card
+    from mubench.results import load_result, validate_result
+
+    failed = 0
+    for path in args.files:
+        try:
+            if path.suffix in (".yaml", ".yml"):
+                card = load_card(path)
+                print(f"{path}: ok (task card '{card.name}')")
+            else:
+                validate_result(load_result(path), path)
+                print(f"{path}: ok (result)")
+        except UserError as e:
+            print(f"mubench: invalid: {e}", file=sys.stderr)
+            failed += 1
+    return 1 if failed else 0
+
+
+COMMANDS = {"run": cmd_run, "train": cmd_train, "list": cmd_list, "validate": cmd_validate}
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s mubench: %(message)s", datefmt="%H:%M:%S")
+    try:
+        return COMMANDS[args.command](args)
+    except UserError as e:
+        print(f"mubench: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mubench: interrupted; no result written", file=sys.stderr)
+        return 130

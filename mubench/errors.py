@@ -1,0 +1,14 @@
+"""The one error type users see: a single clear line, never a traceback."""
+import difflib
+
+
+class UserError(Exception):
+    """Bad input from the user (a name, a card, an argument); the CLI prints it as one line."""
+
+
+def unknown_name(kind: str, name: str, known) -> UserError:
+    """An error for an unknown task/method/model name, listing the known ones with a did-you-mean."""
+    known = sorted(known)
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    return UserError(f"unknown {kind} '{name}'.{hint} Known: {', '.join(known) or '(none)'}")

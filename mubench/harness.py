@@ -1,0 +1,185 @@
+"""The harness core: resolve task × model × method, unlearn, evaluate, emit the result."""
+from __future__ import annotations
+
+import datetime
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mubench import __version__
+from mubench.api.method import Context
+from mubench.api.metrics import attack_metrics, overall_score
+from mubench.api.registry import Registry
+from mubench.data import UnlearningData, fingerprint, load_splits
+from mubench.errors import UserError
+from mubench.files import ensure_writable, write_json
+from mubench.loop import Budget, evaluate, resolve_device, resolve_precision
+from mubench.originals import Family, resolve_original
+from mubench.results import SCHEMA_VERSION, environment, finite, result_filename, validate_result
+from mubench.splits import forget_indices, indices_sha256
+
+log = logging.getLogger("mubench")
+
+EVAL_PARTS = ("test", "forget", "retain")
+
+
+@dataclass
+class RunConfig:
+    """Everything ``mubench run`` takes; None means the card's default."""
+
+    task: str
+    method: str
+    model: str | None = None
+    deletion_ratio: float | None = None
+    seed: int | None = None
+    method_args: dict = field(default_factory=dict)
+    device: str = "auto"
+    precision: str = "auto"
+    time_budget: str = "retrain"
+    output_path: Path = Path("results")
+    include_paths: list = field(default_factory=list)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def parse_time_budget(text: str) -> str | float:
+    """``retrain`` (unlearning may not take longer than retraining), ``none``, or seconds."""
+    if text in ("retrain", "none"):
+        return text
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0 or math.isinf(seconds):
+        raise UserError(f"--time-budget {text!r}: expected 'retrain', 'none' or a positive number of seconds")
+    return seconds
+
+
+class Prepared:
+    """A task with its data loaded and encoded, its deletion set drawn and its model family chosen."""
+
+    def __init__(self, registry: Registry, task_name: str, model_name: str | None, ratio: float | None):
+        self.card = registry.card(task_name)
+        self.task = registry.task_type(self.card)
+        name, spec = self.card.model(model_name)
+        self.family = Family(self.card.name, name, spec, registry.architecture(self.card, spec["architecture"]), self.task)
+        self.ratio = self.card.default_ratio if ratio is None else ratio
+        if self.ratio not in self.card.ratios:
+            raise UserError(f"deletion ratio {self.ratio} is not one of task '{self.card.name}''s ratios: "
+                            f"{', '.join(f'{r:g}' for r in self.card.ratios)}")
+        self.registry = registry
+
+    def load(self) -> None:
+        """Read the data, draw D_f and encode the splits."""
+        splits = load_splits(self.card, self.registry.dataset_loaders)
+        self.task.prepare(splits["train"])
+        self.n_train, self.n_test = len(splits["train"]), len(splits["test"])
+        self.data_sha256 = fingerprint(splits["train"])
+        self.forget = forget_indices(self.n_train, self.task.strata(splits["train"]), self.ratio, self.card.split_seed)
+        self.train, self.test = self.task.encode(splits["train"]), self.task.encode(splits["test"])
+
+    def original(self, device, precision, retrain_cache: bool = False):
+        return resolve_original(self.card, self.family, self.train, self.test, self.data_sha256, device, precision, retrain_cache)
+
+
+def unlearning_budget(setting, method_cls, original, card, n_retain: int, device) -> Budget:
+    """The budget unlearning runs under; by default the time retraining would take.
+
+    Retraining time is the original's recorded training time scaled to |D_r| when it
+    was trained on this kind of device; otherwise retraining's optimiser steps.
+    """
+    if setting == "none" or not method_cls.time_limited:
+        return Budget()
+    if isinstance(setting, float):
+        return Budget(seconds=setting)
+    sidecar = original.sidecar
+    if sidecar.get("train_seconds") and sidecar.get("device") == device.type and sidecar.get("n_train"):
+        return Budget(seconds=sidecar["train_seconds"] * n_retain / sidecar["n_train"])
+    recipe = card.data["train"]
+    return Budget(steps=int(recipe.get("epochs", 1)) * math.ceil(n_retain / int(recipe.get("batch_size", 32))))
+
+
+def run(config: RunConfig, registry: Registry | None = None) -> tuple[dict, Path]:
+    """Unlearn and evaluate as ``config`` says; returns the result and the file it was written to."""
+    started = time.perf_counter()
+    registry = registry or Registry(config.include_paths)
+    prepared = Prepared(registry, config.task, config.model, config.deletion_ratio)
+    card, task = prepared.card, prepared.task
+    method_cls = registry.method(config.method)
+    args = method_cls.resolve_args(card, config.method_args)
+    budget_setting = parse_time_budget(config.time_budget)
+    device = resolve_device(config.device)
+    precision = resolve_precision(config.precision, device)
+    seed = card.seeds[0] if config.seed is None else config.seed
+    ensure_writable(config.output_path)
+
+    prepared.load()
+    reason = method_cls.unsupported(task)
+    if reason:
+        raise UserError(f"method '{method_cls.name}' cannot run on task '{card.name}': {reason}")
+    seed_everything(seed)
+    t0 = time.perf_counter()
+    original = prepared.original(device, precision)
+    original_s = time.perf_counter() - t0
+
+    data = UnlearningData(task, prepared.train, prepared.test, prepared.forget, seed, device)
+    eval_batch = card.eval.get("batch_size", 256)
+    max_sizes = {"retain": card.eval.get("max_retain")}
+    t0 = time.perf_counter()
+    outputs, before = evaluate(task, original.model, data, EVAL_PARTS, eval_batch, device, precision, max_sizes)
+    before.update(attack_metrics(outputs, seed))
+    eval_s = time.perf_counter() - t0
+
+    ctx = Context(task, original.model, data, device, precision, prepared.family.build, torch.Generator().manual_seed(seed))
+    method = method_cls(ctx, args)
+    seed_everything(seed)
+    ctx.budget = unlearning_budget(budget_setting, method_cls, original, card, len(data.retain), device)
+    log.info("unlearning: %s on %s/%s, |D_f| = %d (%g%%)", method_cls.name, card.name, prepared.family.name,
+             len(data.forget), prepared.ratio * 100)
+    report = method.unlearn()
+
+    t0 = time.perf_counter()
+    outputs, after = evaluate(task, ctx.model, data, EVAL_PARTS, eval_batch, device, precision, max_sizes)
+    after.update(attack_metrics(outputs, seed))
+    eval_s += time.perf_counter() - t0
+    metric = task.metric
+    for block in (before, after):
+        block["overall_score"] = overall_score(block[f"test_{metric}"], before[f"test_{metric}"], block[f"forget_{metric}"], task.chance)
+
+    budget = ctx.budget
+    result = {
+        "schema_version": SCHEMA_VERSION,
+        "mubench_version": __version__,
+        "task": card.name,
+        "method": method_cls.name,
+        "model": prepared.family.name,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "config": {"deletion_ratio": prepared.ratio, "seed": seed, "method_args": args, "device": device.type,
+                   "precision": precision, "time_budget": budget_setting},
+        "split": {"n_train": prepared.n_train, "n_forget": len(data.forget), "n_retain": len(data.retain),
+                  "n_test": prepared.n_test, "forget_sha256": indices_sha256(data.forget),
+                  "split_seed": card.split_seed, "data_sha256": prepared.data_sha256},
+        "results": {"original": finite(before), "unlearned": finite(after)},
+        "times": {"unlearn_s": report.seconds, "eval_s": eval_s, "original_s": original_s,
+                  "total_s": time.perf_counter() - started},
+        "unlearning": {"steps": report.steps, "budget_s": budget.seconds, "budget_steps": budget.steps,
+                       "budget_exhausted": report.budget_exhausted, "diverged": report.diverged},
+        "model_info": {"architecture": prepared.family.spec["architecture"], "original": original.source,
+                       "n_parameters": sum(p.numel() for p in ctx.model.parameters())},
+        "task_card": {"sha256": card.sha256, "path": str(card.path)},
+        "environment": environment(device),
+    }
+    validate_result(result, "result")
+    path = config.output_path / result_filename(result)
+    write_json(path, result)
+    return result, path

@@ -1,0 +1,59 @@
+"""Every hook a mubench plugin can implement.
+
+A plugin is a module (or object) named by an entry point in group ``mubench``; the
+built-in tasks (``mubench.tasks``) and methods (``mubench.methods``) are registered that
+way too. Each hook returns a list (or mapping) that the registry merges over all
+plugins; a name given by two plugins is an error that names both.
+
+    from mubench.api import hookimpl
+
+    @hookimpl
+    def mubench_methods():
+        return [MyMethod]
+"""
+import pluggy
+
+hookspec = pluggy.HookspecMarker("mubench")
+
+
+@hookspec
+def mubench_task_card_dirs():
+    """Folders of YAML task cards (``*.yaml``) this plugin contributes.
+
+    Returns a list of paths. Every card found is validated against the card schema.
+    """
+
+
+@hookspec
+def mubench_task_types():
+    """Task types (subclasses of :class:`mubench.api.TaskType`) this plugin contributes.
+
+    A card names its type by ``task_type``; the type brings data encoding, collation,
+    forward pass, loss and metrics. Returns a list of classes, keyed by their ``name``.
+    """
+
+
+@hookspec
+def mubench_dataset_loaders():
+    """Built-in dataset loaders, for cards whose ``dataset`` says ``loader: NAME``.
+
+    Returns a mapping of name to a callable ``(card_dataset_section) -> DatasetDict``
+    whose splits carry the columns the card names.
+    """
+
+
+@hookspec
+def mubench_architectures():
+    """Model architectures that cards name in ``models.<family>.architecture``.
+
+    Returns a mapping of name to a callable ``(task_type, **params) -> (nn.Module)`` that
+    builds a randomly initialised (or pretrained, if its params say so) model for the task.
+    """
+
+
+@hookspec
+def mubench_methods():
+    """Unlearning methods (subclasses of :class:`mubench.api.Method`) this plugin contributes.
+
+    Returns a list of classes, keyed by their ``name``.
+    """

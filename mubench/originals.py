@@ -1,0 +1,155 @@
+"""The original model θ₀: from the card's checkpoint, the local cache, or trained here.
+
+Checkpoints are safetensors files with a JSON sidecar (``model.json``); nothing is
+ever unpickled.
+"""
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import safetensors.torch
+import torch
+
+from mubench import __version__
+from mubench.api.method import Context, Fit
+from mubench.data import UnlearningData
+from mubench.errors import UserError
+from mubench.files import atomic_path, write_json
+from mubench.loop import evaluate
+
+log = logging.getLogger("mubench")
+
+WEIGHTS, SIDECAR = "model.safetensors", "model.json"
+
+
+def mubench_home() -> Path:
+    """``$MUBENCH_HOME``, by default ``~/.cache/mubench``."""
+    return Path(os.environ.get("MUBENCH_HOME", Path.home() / ".cache" / "mubench")).expanduser()
+
+
+@dataclass
+class Family:
+    """A model family of a card, able to build a fresh randomly initialised model."""
+
+    task_name: str
+    name: str
+    spec: dict
+    architecture: callable
+    task: object
+
+    def build(self) -> torch.nn.Module:
+        return self.architecture(self.task, **self.spec.get("params", {}))
+
+
+@dataclass
+class Original:
+    """The loaded original model, the sidecar that describes it and where it came from."""
+
+    model: torch.nn.Module
+    sidecar: dict
+    source: str
+
+
+def cache_key(card, family: Family, data_sha256: str) -> str:
+    """What makes a trained original unique: family, recipe and training data."""
+    blob = json.dumps({"task": card.name, "model": family.spec, "train": card.data["train"], "data": data_sha256}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def save_checkpoint(model: torch.nn.Module, folder: Path, sidecar: dict) -> None:
+    """Weights (safetensors) and sidecar, each written atomically; the weights land first."""
+    with atomic_path(folder / WEIGHTS) as tmp:
+        safetensors.torch.save_model(model, str(tmp))
+    write_json(folder / SIDECAR, sidecar)
+
+
+def load_checkpoint(model: torch.nn.Module, weights: Path, family: Family) -> dict:
+    """Load ``weights`` into ``model``; returns the sidecar beside it (empty if none)."""
+    try:
+        missing, unexpected = safetensors.torch.load_model(model, str(weights), strict=False)
+    except (OSError, safetensors.SafetensorError, RuntimeError) as e:
+        raise UserError(f"checkpoint {weights} cannot be loaded into model '{family.name}': {str(e).splitlines()[0]}") from None
+    if missing or unexpected:
+        raise UserError(f"checkpoint {weights} does not fit model '{family.name}': "
+                        f"missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}")
+    sidecar = weights.with_name(SIDECAR)
+    return json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+
+
+def checkpoint_file(source: str) -> Path:
+    """A local checkpoint (file or folder) or a hub repo holding ``model.safetensors``."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        path = path / WEIGHTS
+    if path.is_file():
+        return path
+    if path.suffix == ".safetensors" or source.startswith((".", "/", "~")):
+        raise UserError(f"original checkpoint {source} not found")
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        weights = Path(hf_hub_download(source, WEIGHTS))
+        try:
+            hf_hub_download(source, SIDECAR)
+        except (HfHubHTTPError, LocalEntryNotFoundError):
+            log.info("hub checkpoint %s has no %s", source, SIDECAR)
+        return weights
+    except (HfHubHTTPError, LocalEntryNotFoundError, OSError, ValueError) as e:
+        raise UserError(f"original checkpoint '{source}' cannot be fetched from the hub: {str(e).splitlines()[0]}") from None
+
+
+def train_original(card, family: Family, train, test, device, precision: str) -> tuple[torch.nn.Module, dict]:
+    """Train θ₀ on the whole training split with the card's ``train`` recipe."""
+    seed = int(card.data["train"].get("seed", 0))
+    torch.manual_seed(seed)
+    model = family.build().to(device)
+    data = UnlearningData(family.task, train, test, forget=np.array([], dtype=np.int64), seed=seed, device=device)
+    ctx = Context(family.task, model, data, device, precision, family.build, torch.Generator().manual_seed(seed))
+    fit = Fit(ctx, Fit.resolve_args(card))
+    report = fit.unlearn()
+    _, metrics = evaluate(family.task, model, data, ("train", "test"), card.eval.get("batch_size", 256), device, precision)
+    return model, {"train_seconds": report.seconds, "train_steps": report.steps, "train_seed": seed, "metrics": metrics}
+
+
+def resolve_original(card, family: Family, train, test, data_sha256: str, device, precision: str,
+                     retrain_cache: bool = False) -> Original:
+    """θ₀ in the order: the card's checkpoint, the local cache, training it here (then cached)."""
+    model = family.build()
+    source = family.spec["original"]
+    if source != "train":
+        sidecar = load_checkpoint(model, checkpoint_file(source), family)
+        return Original(model.to(device), sidecar, source)
+    folder = mubench_home() / "originals" / card.name / family.name / cache_key(card, family, data_sha256)
+    if (folder / WEIGHTS).is_file() and (folder / SIDECAR).is_file() and not retrain_cache:
+        log.info("original model: cached at %s", folder)
+        sidecar = load_checkpoint(model, folder / WEIGHTS, family)
+        return Original(model.to(device), sidecar, str(folder))
+    log.info("original model: training %s on %s (%d examples)", family.name, card.name, len(train))
+    start = time.perf_counter()
+    model, stats = train_original(card, family, train, test, device, precision)
+    sidecar = {
+        "format": "mubench-checkpoint/1",
+        "task": card.name,
+        "model": family.name,
+        "architecture": family.spec["architecture"],
+        "params": family.spec.get("params", {}),
+        "data_sha256": data_sha256,
+        "recipe": card.data["train"],
+        "n_train": len(train),
+        "device": device.type,
+        "mubench_version": __version__,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **stats,
+    }
+    save_checkpoint(model, folder, sidecar)
+    log.info("original model: trained in %.1fs, cached at %s", time.perf_counter() - start, folder)
+    return Original(model, sidecar, str(folder))

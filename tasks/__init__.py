@@ -1,0 +1,27 @@
+"""The built-in tasks, registered as a plugin exactly as a third-party package would be."""
+from pathlib import Path
+
+from mubench.api import hookimpl
+from mubench.tasks.architectures import small_cnn
+from mubench.tasks.classification import ImageClassificationTask
+from mubench.tasks.digits import load_digits
+
+
+@hookimpl
+def mubench_task_card_dirs():
+    return [Path(__file__).parent]
+
+
+@hookimpl
+def mubench_task_types():
+    return [ImageClassificationTask]
+
+
+@hookimpl
+def mubench_dataset_loaders():
+    return {"sklearn_digits": load_digits}
+
+
+@hookimpl
+def mubench_architectures():
+    return {"small_cnn": small_cnn}

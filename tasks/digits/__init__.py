@@ -1,0 +1,28 @@
+"""The embedded default task: scikit-learn's bundled handwritten digits (no download)."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def load_digits(spec: dict):
+    """1,797 real 8×8 digit images (grey, uint8) in 10 classes, split train/test stratified.
+
+    ``options``: ``test_size`` (default 0.2) and ``seed`` (default 0) of the split.
+    """
+    import datasets
+    from sklearn.datasets import load_digits as sklearn_digits
+    from sklearn.model_selection import train_test_split
+
+    options = spec.get("options", {})
+    digits = sklearn_digits()
+    images = np.round(digits.images * (255 / 16)).astype(np.uint8)
+    features = datasets.Features({
+        "image": datasets.Array2D(shape=(8, 8), dtype="uint8"),
+        "label": datasets.ClassLabel(names=[str(d) for d in range(10)]),
+    })
+    train, test = train_test_split(np.arange(len(images)), test_size=options.get("test_size", 0.2),
+                                   stratify=digits.target, random_state=options.get("seed", 0))
+    return datasets.DatasetDict({
+        name: datasets.Dataset.from_dict({"image": images[idx], "label": digits.target[idx]}, features=features)
+        for name, idx in (("train", train), ("test", test))
+    })

@@ -1,0 +1,54 @@
+"""Shared fixtures: an offline hub, a session-wide model cache, and helpers to run mubench."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def mubench_home(tmp_path_factory):
+    """One model cache for the session: the digits original trains once."""
+    home = tmp_path_factory.mktemp("mubench_home")
+    os.environ["MUBENCH_HOME"] = str(home)
+    return home
+
+
+@pytest.fixture(scope="session")
+def registry():
+    from mubench.api.registry import Registry
+
+    return Registry()
+
+
+@pytest.fixture(scope="session")
+def run_digits(registry, tmp_path_factory):
+    """Run a method on digits in-process (results cached per argument set); returns the result dict."""
+    from mubench.harness import RunConfig, run
+
+    out = tmp_path_factory.mktemp("results")
+    cache = {}
+
+    def go(method, **options):
+        key = (method, json.dumps(options, sort_keys=True, default=str))
+        if key not in cache:
+            cache[key] = run(RunConfig(task="digits", method=method, output_path=out, **options), registry)
+        return cache[key]
+
+    return go
+
+
+def mubench(*args, cwd=None, env=None, timeout=300):
+    """Run the ``mubench`` CLI in a subprocess of this interpreter."""
+    return subprocess.run([sys.executable, "-m", "mubench", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, env={**os.environ, **(env or {})}, timeout=timeout)
+
+
+@pytest.fixture
+def cli():
+    return mubench

@@ -1,0 +1,80 @@
+"""Task cards: schema validation with errors that name the file, the key and what was expected."""
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mubench.api.card import load_card
+from mubench.errors import UserError
+
+DIGITS = Path(__file__).resolve().parents[1] / "tasks" / "digits" / "digits.yaml"
+
+
+def digits_card() -> dict:
+    return yaml.safe_load(DIGITS.read_text())
+
+
+def write(folder: Path, name: str, data) -> Path:
+    path = folder / name
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
+    return path
+
+
+def error_of(path: Path) -> str:
+    with pytest.raises(UserError) as info:
+        load_card(path)
+    message = str(info.value)
+    assert "\n" not in message
+    assert str(path) in message
+    return message
+
+
+def test_builtin_card_loads_with_a_stable_hash():
+    card = load_card(DIGITS)
+    assert card.name == "digits" and card.task_type == "image_classification"
+    assert card.ratios == [r / 100 for r in range(1, 11)]
+    assert card.sha256 == load_card(DIGITS).sha256 and len(card.sha256) == 64
+
+
+def test_include_merges_a_base_card(tmp_path):
+    base = digits_card()
+    base.pop("task")
+    write(tmp_path, "base.yaml", base)
+    card = load_card(write(tmp_path, "child.yaml", {"include": "base.yaml", "task": "digits_small", "train": {"epochs": 2}}))
+    assert card.name == "digits_small"
+    assert card.data["train"]["epochs"] == 2
+    assert card.data["train"]["lr"] == base["train"]["lr"]  # nested mappings merge key by key
+
+
+@pytest.mark.parametrize("mutate, key, expected", [
+    (lambda c: c.pop("models"), "top level", "'models' is a required property"),
+    (lambda c: c["deletion"].update(ratios=[0.05, "ten"]), "key 'deletion.ratios[1]'", "'ten' is not of type 'number'"),
+    (lambda c: c["deletion"].update(ratios=[0.05, 1.5]), "key 'deletion.ratios[1]'", "1.5 is greater than or equal to the maximum of 1"),
+    (lambda c: c.update(modality="smell"), "key 'modality'", "'smell' is not one of"),
+    (lambda c: c.update(colour="blue"), "top level", "'colour' was unexpected"),
+    (lambda c: c["models"]["cnn"].pop("original"), "key 'models.cnn'", "'original' is a required property"),
+    (lambda c: c["dataset"].update(path="some/dataset"), "key 'dataset'", "exactly one of 'loader'"),
+    (lambda c: c.update(default_model="vit"), "key 'default_model'", "expected one of the card's models"),
+    (lambda c: c["deletion"].update(default_ratio=0.5), "key 'deletion.default_ratio'", "expected one of deletion.ratios"),
+])
+def test_errors_name_file_key_and_expectation(tmp_path, mutate, key, expected):
+    card = digits_card()
+    mutate(card)
+    message = error_of(write(tmp_path, "bad.yaml", card))
+    assert key in message and expected in message
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path):
+    message = error_of(write(tmp_path, "broken.yaml", "task: digits\nmodels: [unclosed\n"))
+    assert "not valid YAML" in message and "line" in message
+
+
+def test_a_card_that_is_not_a_mapping(tmp_path):
+    assert "expected a mapping" in error_of(write(tmp_path, "list.yaml", "- a\n- b\n"))
+
+
+def test_include_cycle_and_missing_base(tmp_path):
+    write(tmp_path, "a.yaml", {"include": "b.yaml", "task": "a"})
+    write(tmp_path, "b.yaml", {"include": "a.yaml"})
+    assert "include cycle" in error_of(tmp_path / "a.yaml")
+    assert "no such file" in error_of(write(tmp_path, "c.yaml", {"include": "missing.yaml", "task": "c"}))

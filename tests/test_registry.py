@@ -1,0 +1,211 @@
+"""The plugin registry: built-ins registered as plugins, a third-party package, --include-path."""
+import importlib
+import json
+import subprocess
+import sys
+import textwrap
+import zipfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mubench.api import Method, hookimpl
+from mubench.api.registry import Registry
+from mubench.errors import UserError
+from mubench.results import load_result, validate_result
+
+REPO = Path(__file__).resolve().parents[1]
+
+PLUGIN_MODULE = '''
+"""A third-party mubench plugin: a wine task (new task type, loader, architecture) and a method."""
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from mubench.api import Method, Pass, TensorExamples, hookimpl
+from mubench.tasks.classification import ClassificationTask
+
+
+class VectorClassification(ClassificationTask):
+    name = "vector_classification"
+
+    def encode(self, split):
+        features = torch.as_tensor(np.asarray(split[self.column("features")]), dtype=torch.float32)
+        return TensorExamples(features=features, labels=torch.as_tensor(split[self.column("label")]))
+
+    def forward(self, model, inputs):
+        return model(inputs["features"])
+
+
+def load_wine(spec):
+    import datasets
+    from sklearn.datasets import load_wine as sk_wine
+    data = sk_wine()
+    x = (data.data - data.data.mean(0)) / data.data.std(0)
+    order = np.random.default_rng(0).permutation(len(x))
+    cut = int(0.75 * len(x))
+    make = lambda idx: datasets.Dataset.from_dict({"features": x[idx].tolist(), "label": data.target[idx].tolist()})
+    return datasets.DatasetDict(train=make(order[:cut]), test=make(order[cut:]))
+
+
+def mlp(task, hidden=32):
+    return nn.Sequential(nn.Linear(13, hidden), nn.ReLU(), nn.Linear(hidden, task.model_kwargs()["num_labels"]))
+
+
+class NoiseThenFinetune(Method):
+    """Perturb every weight with Gaussian noise, then fine-tune on D_r."""
+    name = "demo_noise"
+    summary = "weight noise, then fine-tune on D_r"
+    defaults = Method.defaults | dict(sigma=0.05)
+
+    def setup(self):
+        with torch.no_grad():
+            for p in self.model.parameters():
+                p.add_(torch.randn_like(p) * self.hp.sigma)
+
+    def passes(self, epoch):
+        return [Pass("retain", self.loader("retain"))]
+
+    def loss(self, batch, phase):
+        return self.task_loss(batch)
+
+
+@hookimpl
+def mubench_task_card_dirs():
+    return [Path(__file__).parent / "cards"]
+
+
+@hookimpl
+def mubench_task_types():
+    return [VectorClassification]
+
+
+@hookimpl
+def mubench_dataset_loaders():
+    return {"sklearn_wine": load_wine}
+
+
+@hookimpl
+def mubench_architectures():
+    return {"wine_mlp": mlp}
+
+
+@hookimpl
+def mubench_methods():
+    return [NoiseThenFinetune]
+'''
+
+WINE_CARD = {
+    "task": "wine", "modality": "tabular", "task_type": "vector_classification",
+    "dataset": {"loader": "sklearn_wine", "columns": {"features": "features", "label": "label"}},
+    "models": {"mlp": {"architecture": "wine_mlp", "params": {"hidden": 32}, "original": "train"}},
+    "metrics": ["acc"], "deletion": {"ratios": [0.05, 0.1], "default_ratio": 0.1, "split_seed": 0},
+    "train": {"epochs": 40, "batch_size": 16, "optimizer": "adam", "lr": 0.01},
+    "unlearn": {"epochs": 3, "batch_size": 16, "optimizer": "adam", "lr": 0.001},
+}
+
+
+@pytest.fixture(scope="module")
+def demo_plugin(tmp_path_factory):
+    """The plugin package written to a temporary folder and pip-installed into this environment."""
+    root = tmp_path_factory.mktemp("plugin")
+    package = root / "mubench_demo"
+    (package / "cards").mkdir(parents=True)
+    (package / "__init__.py").write_text(PLUGIN_MODULE)
+    (package / "cards" / "wine.yaml").write_text(yaml.safe_dump(WINE_CARD))
+    (root / "pyproject.toml").write_text(textwrap.dedent('''
+        [build-system]
+        requires = ["setuptools>=69"]
+        build-backend = "setuptools.build_meta"
+
+        [project]
+        name = "mubench-demo-plugin"
+        version = "0.0.1"
+
+        [project.entry-points.mubench]
+        demo = "mubench_demo"
+
+        [tool.setuptools]
+        packages = ["mubench_demo"]
+
+        [tool.setuptools.package-data]
+        mubench_demo = ["cards/*.yaml"]
+    '''))
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "install", "--no-deps", "--no-build-isolation", str(root)], check=True, capture_output=True)
+    importlib.invalidate_caches()
+    yield root
+    subprocess.run([*pip, "uninstall", "-y", "mubench-demo-plugin"], check=True, capture_output=True)
+
+
+def test_builtins_are_plugins(registry):
+    names = {impl.plugin_name for impl in registry.plugins.hook.mubench_methods.get_hookimpls()}
+    assert {"tasks", "methods"} <= {impl.plugin_name for impl in registry.plugins.hook.mubench_task_types.get_hookimpls()} | names
+    assert {"neggrad", "randlabel", "badt", "scrub", "salun", "retrain", "original"} <= set(registry.methods)
+    assert "digits" in registry.card_paths and "image_classification" in registry.task_types
+
+
+def test_third_party_plugin_is_listed(demo_plugin, cli):
+    tasks, methods = cli("list", "tasks"), cli("list", "methods")
+    assert tasks.returncode == 0 and "wine" in tasks.stdout and "digits" in tasks.stdout
+    assert methods.returncode == 0 and "demo_noise" in methods.stdout
+
+
+def test_third_party_task_runs_with_a_builtin_method(demo_plugin, cli, tmp_path):
+    done = cli("run", "--task", "wine", "--method", "salun", "--output-path", tmp_path)
+    assert done.returncode == 0, done.stderr
+    [path] = tmp_path.glob("wine__mlp__salun__*.json")
+    result = load_result(path)
+    validate_result(result, path)
+    assert result["split"]["n_forget"] == round(0.1 * result["split"]["n_train"])
+
+
+def test_third_party_method_runs_on_a_builtin_task(demo_plugin, cli, tmp_path):
+    done = cli("run", "--task", "digits", "--method", "demo_noise", "--method-args", "sigma=0.1", "--output-path", tmp_path)
+    assert done.returncode == 0, done.stderr
+    [path] = tmp_path.glob("digits__cnn__demo_noise__*.json")
+    assert load_result(path)["config"]["method_args"]["sigma"] == 0.1
+
+
+def test_include_path_adds_cards(tmp_path, cli):
+    card = yaml.safe_load((REPO / "tasks" / "digits" / "digits.yaml").read_text())
+    card.update(task="digits_quick", train={**card["train"], "epochs": 3})
+    (tmp_path / "cards").mkdir()
+    (tmp_path / "cards" / "quick.yaml").write_text(yaml.safe_dump(card))
+    listed = cli("list", "tasks", "--include-path", tmp_path / "cards")
+    assert "digits_quick" in listed.stdout
+    done = cli("run", "--task", "digits_quick", "--method", "neggrad", "--include-path", tmp_path / "cards",
+               "--output-path", tmp_path / "out")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(next((tmp_path / "out").glob("*.json")).read_text())["task"] == "digits_quick"
+
+
+def test_a_name_given_by_two_plugins_is_an_error():
+    class Impostor(Method):
+        name = "salun"
+
+    class Plugin:
+        @hookimpl
+        def mubench_methods(self):
+            return [Impostor]
+
+    with pytest.raises(UserError, match="'salun' .* is given by two plugins: methods and"):
+        Registry(plugins=[Plugin()]).methods
+
+
+def test_installed_layout_keeps_everything_inside_the_mubench_namespace(tmp_path):
+    """A wheel of the project ships tasks/ and methods/ as mubench.tasks and mubench.methods."""
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(REPO)],
+                   check=True, capture_output=True)
+    [wheel] = tmp_path.glob("mubench-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "mubench/tasks/digits/digits.yaml" in names
+    assert "mubench/methods/salun.py" in names
+    assert "mubench/schemas/result.schema.json" in names
+    assert not [n for n in names if n.startswith(("tasks/", "methods/"))]
+    entry_points = next(n for n in names if n.endswith("entry_points.txt"))
+    text = zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "[mubench]" in text and "tasks = mubench.tasks" in text and "methods = mubench.methods" in text
