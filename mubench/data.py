@@ -50,13 +50,21 @@ def load_splits(card: TaskCard, loaders: dict):
 
 
 def fingerprint(split) -> str:
-    """A content hash of a ``datasets.Dataset``: two machines with the same data agree on it."""
+    """A content hash of a ``datasets.Dataset``: the same data hashes the same however it is stored.
+
+    Each column is concatenated into fresh Arrow buffers (no chunking, offsets from
+    zero) before its buffers are hashed, with the column's name and type.
+    """
+    import pyarrow as pa
+
     digest = hashlib.sha256()
-    for batch in split.data.table.to_batches():
-        for column in batch.columns:
-            for buffer in column.buffers():
-                if buffer is not None:
-                    digest.update(memoryview(buffer))
+    table = split.data.table
+    for name, column in zip(table.column_names, table.columns):
+        digest.update(f"{name}:{column.type}".encode())
+        array = pa.concat_arrays(column.chunks) if column.num_chunks else pa.array([], column.type)
+        for buffer in array.buffers():  # children's buffers included
+            if buffer is not None:
+                digest.update(memoryview(buffer))
     return digest.hexdigest()
 
 

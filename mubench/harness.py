@@ -176,7 +176,7 @@ def run(config: RunConfig, registry: Registry | None = None) -> tuple[dict, Path
                        "budget_exhausted": report.budget_exhausted, "diverged": report.diverged},
         "model_info": {"architecture": prepared.family.spec["architecture"], "original": original.source,
                        "n_parameters": sum(p.numel() for p in ctx.model.parameters())},
-        "task_card": {"sha256": card.sha256, "path": str(card.path)},
+        "task_card": {"sha256": card.sha256},
         "environment": environment(device),
     }
     validate_result(result, "result")

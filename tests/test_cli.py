@@ -1,0 +1,120 @@
+"""The CLI end to end, and every kind of bad input: one line, exit code 2, no result file."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mubench.cli import parse_method_args
+from mubench.errors import UserError
+from mubench.results import load_result, validate_result
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def one_line_error(done, *fragments):
+    assert done.returncode == 2, (done.returncode, done.stderr)
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mubench: error:"), done.stderr
+    assert "Traceback" not in done.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_run_end_to_end(cli, tmp_path):
+    done = cli("run", "--task", "digits", "--method", "salun", "--deletion-ratio", "0.02", "--seed", "87",
+               "--method-args", "epochs=4,lr_decay_epochs=[2,3]", "--device", "cpu", "--output-path", tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "forget_acc" in done.stdout and "overall_score" in done.stdout  # the summary table on stdout
+    assert "unlearning: salun on digits/cnn" in done.stderr                  # logs on stderr
+    [path] = tmp_path.glob("*.json")
+    assert path.name == "digits__cnn__salun__df2__seed87.json"
+    result = load_result(path)
+    validate_result(result, path)
+    assert result["config"]["method_args"]["lr_decay_epochs"] == [2, 3]
+    assert result["split"]["n_forget"] == 29 and result["config"]["device"] == "cpu"
+    assert result["environment"]["torch"] and result["task_card"]["sha256"]
+    assert cli("validate", path).returncode == 0
+
+
+def test_train_then_list(cli):
+    done = cli("train", "--task", "digits")
+    assert done.returncode == 0, done.stderr
+    assert "test_acc" in done.stdout
+    models = cli("list", "models", "--task", "digits")
+    assert "cnn (default)" in models.stdout and "small_cnn" in models.stdout and "original: train" in models.stdout
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["run", "--task", "digts", "--method", "salun"], ["unknown task 'digts'", "Did you mean 'digits'?", "Known: digits"]),
+    (["run", "--task", "digits", "--method", "salunn"], ["unknown method 'salunn'", "Did you mean 'salun'?", "neggrad"]),
+    (["run", "--task", "digits", "--method", "salun", "--model", "resnet"], ["unknown model for task 'digits' 'resnet'", "Known: cnn"]),
+    (["run", "--task", "digits", "--method", "salun", "--deletion-ratio", "5"], ["--deletion-ratio", "strictly between 0 and 1"]),
+    (["run", "--task", "digits", "--method", "salun", "--deletion-ratio", "abc"], ["expected a number"]),
+    (["run", "--task", "digits", "--method", "salun", "--deletion-ratio", "0.15"], ["0.15 is not one of task 'digits''s ratios"]),
+    (["run", "--task", "digits", "--method", "salun", "--method-args", "lr"], ["--method-args: expected key=value"]),
+    (["run", "--task", "digits", "--method", "salun", "--method-args", "lr=[0.1"], ["cannot read the value of lr"]),
+    (["run", "--task", "digits", "--method", "salun", "--time-budget", "soon"], ["--time-budget 'soon'"]),
+    (["run", "--task", "digits", "--method", "salun", "--device", "tpu"], ["unknown device 'tpu'"]),
+    (["list", "things"], ["invalid choice: 'things'"]),
+    (["run", "--task", "digits"], ["the following arguments are required: --method"]),
+])
+def test_bad_input_is_one_line(cli, tmp_path, args, fragments):
+    done = cli(*args, "--output-path", tmp_path) if args[0] == "run" and "--method" in args else cli(*args)
+    one_line_error(done, *fragments)
+    assert not list(tmp_path.glob("*.json"))
+
+
+def test_unwritable_output_folder(cli, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    one_line_error(cli("run", "--task", "digits", "--method", "salun", "--output-path", blocker / "out"),
+                   "output folder", "is not writable")
+
+
+def test_malformed_card_in_include_path(cli, tmp_path):
+    card = yaml.safe_load((REPO / "tasks" / "digits" / "digits.yaml").read_text())
+    card.update(task="broken", deletion={"ratios": "many", "split_seed": 0})
+    (tmp_path / "broken.yaml").write_text(yaml.safe_dump(card))
+    done = cli("run", "--task", "broken", "--method", "salun", "--include-path", tmp_path, "--output-path", tmp_path / "out")
+    one_line_error(done, "broken.yaml", "key 'deletion.ratios'", "'many' is not of type 'array'")
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").glob("*.json"))
+
+
+def test_validate_reports_bad_files(cli, tmp_path):
+    bad = tmp_path / "result.json"
+    bad.write_text(json.dumps({"task": "digits"}))
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    done = cli("validate", bad, broken, REPO / "tasks" / "digits" / "digits.yaml")
+    assert done.returncode == 1
+    assert "digits.yaml: ok (task card 'digits')" in done.stdout
+    assert "'schema_version' is a required property" in done.stderr and "not valid JSON" in done.stderr
+
+
+def test_interrupted_run_leaves_no_result(tmp_path, mubench_home):
+    out = tmp_path / "out"
+    process = subprocess.Popen([sys.executable, "-m", "mubench", "run", "--task", "digits", "--method", "retrain",
+                                "--output-path", str(out)], stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+    for line in process.stderr:
+        if "unlearning: retrain" in line:
+            break
+    time.sleep(0.5)
+    process.send_signal(signal.SIGINT)
+    rest = process.stderr.read()
+    assert process.wait(timeout=60) == 130
+    assert "interrupted; no result written" in rest and "Traceback" not in rest
+    assert list(out.iterdir()) == []
+
+
+def test_parse_method_args():
+    assert parse_method_args("lr=0.01,epochs=3,lr_decay_epochs=[3, 5],relabel=shift,flag=true") == {
+        "lr": 0.01, "epochs": 3, "lr_decay_epochs": [3, 5], "relabel": "shift", "flag": True}
+    assert parse_method_args("") == {}
+    with pytest.raises(UserError):
+        parse_method_args("=3")

@@ -1,0 +1,155 @@
+"""Every built-in method on digits: real forgetting, valid results, and each method's own mechanics."""
+import numpy as np
+import pytest
+import torch
+
+from mubench.api import Context
+from mubench.api.losses import distill_kl
+from mubench.data import UnlearningData
+from mubench.errors import UserError
+from mubench.harness import Prepared
+from mubench.results import validate_result
+
+FORGETTING = ["neggrad", "randlabel", "badt", "scrub", "salun"]
+
+
+@pytest.mark.parametrize("method", FORGETTING)
+def test_forgetting_methods_lower_forget_accuracy(run_digits, method):
+    result, path = run_digits(method)
+    validate_result(result, path)
+    before, after = result["results"]["original"], result["results"]["unlearned"]
+    assert after["forget_acc"] <= before["forget_acc"] - 0.03, (before["forget_acc"], after["forget_acc"])
+    assert after["test_acc"] >= before["test_acc"] - 0.05
+    assert not result["unlearning"]["budget_exhausted"] and not result["unlearning"]["diverged"]
+
+
+def test_salun_is_the_main_job_and_forgets_clearly(run_digits):
+    result, _ = run_digits("salun")
+    before, after = result["results"]["original"], result["results"]["unlearned"]
+    assert after["forget_acc"] <= before["forget_acc"] - 0.1
+    assert abs(after["test_acc"] - before["test_acc"]) <= 0.03
+    assert after["forget_mia_efficacy"] > before["forget_mia_efficacy"] + 0.3
+    assert after["overall_score"] > before["overall_score"]
+
+
+def test_original_leaves_the_model_alone(run_digits):
+    result, path = run_digits("original")
+    validate_result(result, path)
+    assert result["results"]["original"] == result["results"]["unlearned"]
+    assert result["unlearning"]["steps"] == 0 and result["config"]["method_args"] == {}
+
+
+def test_retrain_trains_from_scratch_without_a_budget(run_digits):
+    result, path = run_digits("retrain")
+    validate_result(result, path)
+    assert result["config"]["method_args"]["epochs"] == 30  # the card's train recipe
+    assert result["unlearning"]["budget_s"] is None and result["unlearning"]["budget_steps"] is None
+    assert result["results"]["unlearned"]["test_acc"] >= result["results"]["original"]["test_acc"] - 0.03
+
+
+def test_finetune_runs_on_retain_only(run_digits):
+    result, path = run_digits("finetune")
+    validate_result(result, path)
+    assert result["results"]["unlearned"]["retain_acc"] >= 0.95
+
+
+def test_a_method_stops_at_its_time_budget(run_digits):
+    result, _ = run_digits("randlabel", time_budget="0.05")
+    assert result["unlearning"]["budget_exhausted"] and result["unlearning"]["budget_s"] == 0.05
+    full, _ = run_digits("randlabel")
+    assert result["unlearning"]["steps"] < full["unlearning"]["steps"]
+
+
+def test_the_default_budget_is_retraining_time(run_digits):
+    result, _ = run_digits("salun")
+    budget = result["unlearning"]["budget_s"]
+    assert budget is not None and result["times"]["unlearn_s"] < budget
+
+
+@pytest.fixture(scope="module")
+def digits_context(registry):
+    """A fresh Context on digits (5% D_f) around the cached original model."""
+    prepared = Prepared(registry, "digits", None, 0.05)
+    prepared.load()
+    cpu = torch.device("cpu")
+
+    def make():
+        original = prepared.original(cpu, "fp32")
+        data = UnlearningData(prepared.task, prepared.train, prepared.test, prepared.forget, seed=0, device=cpu)
+        return Context(prepared.task, original.model, data, cpu, "fp32", prepared.family.build, torch.Generator().manual_seed(0))
+
+    return prepared.card, make
+
+
+def test_salun_moves_only_salient_weights(registry, digits_context):
+    card, make = digits_context
+    ctx = make()
+    before = [p.detach().clone() for p in ctx.model.parameters()]
+    salun = registry.method("salun")
+    method = salun(ctx, salun.resolve_args(card, {"epochs": 1, "mask_ratio": 0.3}))
+    method.unlearn()
+    moved = torch.cat([(p.detach() != b).flatten() for p, b in zip(ctx.model.parameters(), before)])
+    salient = torch.cat([m.bool().flatten() for m in method.masks])
+    assert salient.float().mean().item() == pytest.approx(0.3, abs=0.01)
+    assert not moved[~salient].any()  # weight decay included: masked weights stay exactly at θ₀
+    assert moved[salient].float().mean() > 0.5
+
+
+def test_badt_pulls_d_f_towards_the_incompetent_teacher(registry, digits_context):
+    card, make = digits_context
+    ctx = make()
+    badt = registry.method("badt")
+    method = badt(ctx, badt.resolve_args(card))
+    method.setup()
+    batch = next(iter(ctx.data.loader("forget", 64, shuffle=False)))
+    gap = lambda: distill_kl(method.teacher_logits(ctx.model, batch), method.teacher_logits(method.incompetent, batch)).item()  # noqa: E731
+    start = gap()
+    from mubench.loop import optimise
+    optimise(method, ctx.model, method.hp.epochs, ctx.device, ctx.precision)
+    assert gap() < 0.5 * start
+
+
+def test_scrub_runs_max_passes_before_min_passes(registry, digits_context):
+    card, make = digits_context
+    scrub = registry.method("scrub")
+    method = scrub(make(), scrub.resolve_args(card, {"msteps": 2, "epochs": 4}))
+    phases = [[p.phase for p in method.passes(epoch)] for epoch in range(4)]
+    assert phases == [["max", "min"], ["max", "min"], ["min"], ["min"]]
+
+
+def test_relabel_gives_wrong_labels(digits_context):
+    _, make = digits_context
+    ctx = make()
+    batch = next(iter(ctx.data.loader("train", 256, shuffle=True)))
+    labels = batch.inputs["labels"]
+    for mode in ("random", "shift"):
+        new = ctx.task.relabel(batch.inputs, batch.forget, mode, ctx.generator)["labels"]
+        assert torch.equal(new[~batch.forget], labels[~batch.forget])
+        assert (new[batch.forget] != labels[batch.forget]).all()
+    shifted = ctx.task.relabel(batch.inputs, batch.forget, "shift", ctx.generator)["labels"]
+    assert torch.equal(shifted[batch.forget], (labels[batch.forget] + 1) % 10)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"mask_ration": 0.1}, "unknown argument of method 'salun' in --method-args 'mask_ration'. Did you mean 'mask_ratio'?"),
+    ({"lr": "fast"}, "--method-args: lr: expected float, got 'fast'"),
+    ({"epochs": 2.5}, "--method-args: epochs: expected int, got 2.5"),
+    ({"relabel": "sideways"}, "relabel must be one of random, shift"),
+    ({"mask_ratio": 0}, "mask_ratio must lie in (0, 1]"),
+    ({"optimizer": "lion"}, "optimizer must be one of sgd, adam, adamw"),
+])
+def test_bad_method_args(registry, overrides, message):
+    card = registry.card("digits")
+    with pytest.raises(UserError) as info:
+        registry.method("salun").resolve_args(card, overrides)
+    assert message in str(info.value)
+
+
+def test_card_overrides_layer_over_method_defaults(registry):
+    card = registry.card("digits")
+    args = registry.method("salun").resolve_args(card, {"epochs": 3})
+    assert args["epochs"] == 3                                       # --method-args
+    assert args["batch_size"] == card.data["methods"]["salun"]["batch_size"]  # methods.salun
+    assert args["optimizer"] == card.data["unlearn"]["optimizer"]  # the card's unlearn recipe
+    assert args["mask_ratio"] == 0.5                                 # the method's own default
+    assert np.isclose(registry.method("scrub").resolve_args(card)["temperature"], 4.0)

@@ -1,0 +1,54 @@
+"""The result JSON: its shipped schema catches malformed results; files are written atomically."""
+import copy
+import json
+from pathlib import Path
+
+import pytest
+
+from mubench.errors import UserError
+from mubench.files import write_json
+from mubench.results import load_result, validate_result
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def result(run_digits):
+    return run_digits("neggrad")[0]
+
+
+@pytest.mark.parametrize("mutate, fragment", [
+    (lambda r: r.pop("split"), "'split' is a required property"),
+    (lambda r: r["split"].update(forget_sha256="abc"), "key 'split.forget_sha256'"),
+    (lambda r: r["split"].update(n_forget=r["split"]["n_forget"] + 1), "n_forget + n_retain must equal n_train"),
+    (lambda r: r["results"]["unlearned"].update(dev_acc=0.5), "key 'results.unlearned'"),
+    (lambda r: r["results"]["unlearned"].pop("overall_score"), "'overall_score' is a required property"),
+    (lambda r: r["results"]["unlearned"].update(forget_mia_efficacy=1.5), "key 'results.unlearned.forget_mia_efficacy'"),
+    (lambda r: r["config"].update(device="tpu"), "key 'config.device'"),
+    (lambda r: r.update(method="original"), "'original' method must leave the model's metrics unchanged"),
+])
+def test_schema_rejects_malformed_results(result, mutate, fragment):
+    bad = copy.deepcopy(result)
+    mutate(bad)
+    with pytest.raises(UserError) as info:
+        validate_result(bad, "submission.json")
+    assert fragment in str(info.value) and str(info.value).startswith("submission.json: ")
+
+
+def test_a_result_survives_a_json_round_trip(result, tmp_path):
+    write_json(tmp_path / "r.json", result)
+    validate_result(load_result(tmp_path / "r.json"), "r.json")
+
+
+def test_a_failed_write_leaves_no_file(tmp_path):
+    with pytest.raises(ValueError):
+        write_json(tmp_path / "r.json", {"score": float("nan")})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_leaderboard_results_are_valid():
+    files = sorted((REPO / "leaderboard_results").rglob("*.json"))
+    assert files, "leaderboard_results holds no result"
+    for path in files:
+        validate_result(load_result(path), path)
+        assert json.loads(path.read_text())["schema_version"] == 1
