@@ -82,6 +82,11 @@ class Batch:
     def __len__(self) -> int:
         return len(self.forget)
 
+    def pin_memory(self) -> "Batch":
+        """Page-locked copies, so that ``to(cuda, non_blocking=True)`` overlaps; DataLoader calls it on CUDA."""
+        pinned = {k: v.pin_memory() if torch.is_tensor(v) else v for k, v in self.inputs.items()}
+        return Batch(pinned, self.forget.pin_memory())
+
 
 class _Part(Dataset):
     """Some examples of an encoded split, each flagged as D_f or not."""

@@ -140,10 +140,11 @@ def run(config: RunConfig, registry: Registry | None = None) -> tuple[dict, Path
     before.update(attack_metrics(outputs, seed))
     eval_s = time.perf_counter() - t0
 
-    ctx = Context(task, original.model, data, device, precision, prepared.family.build, torch.Generator().manual_seed(seed))
+    budget = unlearning_budget(budget_setting, method_cls, original, card, len(data.retain), device)
+    ctx = Context(task, original.model, data, device, precision, prepared.family.build,
+                  torch.Generator().manual_seed(seed), budget)
     method = method_cls(ctx, args)
     seed_everything(seed)
-    ctx.budget = unlearning_budget(budget_setting, method_cls, original, card, len(data.retain), device)
     log.info("unlearning: %s on %s/%s, |D_f| = %d (%g%%)", method_cls.name, card.name, prepared.family.name,
              len(data.forget), prepared.ratio * 100)
     report = method.unlearn()
@@ -156,7 +157,6 @@ def run(config: RunConfig, registry: Registry | None = None) -> tuple[dict, Path
     for block in (before, after):
         block["overall_score"] = overall_score(block[f"test_{metric}"], before[f"test_{metric}"], block[f"forget_{metric}"], task.chance)
 
-    budget = ctx.budget
     result = {
         "schema_version": SCHEMA_VERSION,
         "mubench_version": __version__,

@@ -13,6 +13,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import safetensors.torch
@@ -42,7 +43,7 @@ class Family:
     task_name: str
     name: str
     spec: dict
-    architecture: callable
+    architecture: Callable[..., torch.nn.Module]
     task: object
 
     def build(self) -> torch.nn.Module:

@@ -1,6 +1,5 @@
 """The result JSON: its shipped schema catches malformed results; files are written atomically."""
 import copy
-import json
 from pathlib import Path
 
 import pytest
@@ -46,9 +45,20 @@ def test_a_failed_write_leaves_no_file(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_leaderboard_results_are_valid():
+def test_leaderboard_results_are_valid_and_deleted_the_published_samples(registry):
+    from mubench.data import load_splits
+    from mubench.splits import forget_indices, indices_sha256
+
     files = sorted((REPO / "leaderboard_results").rglob("*.json"))
     assert files, "leaderboard_results holds no result"
     for path in files:
-        validate_result(load_result(path), path)
-        assert json.loads(path.read_text())["schema_version"] == 1
+        result = load_result(path)
+        validate_result(result, path)
+        card = registry.card(result["task"])
+        if "loader" not in card.dataset:  # hub data: not reachable offline
+            continue
+        train = load_splits(card, registry.dataset_loaders)["train"]
+        forget = forget_indices(len(train), registry.task_type(card).strata(train), result["config"]["deletion_ratio"],
+                                card.split_seed)
+        assert result["split"]["forget_sha256"] == indices_sha256(forget), path
+        assert result["task_card"]["sha256"] == card.sha256, f"{path} was made with another version of the card"
