@@ -109,6 +109,13 @@ def unlearning_budget(setting, method_cls, original, card, n_retain: int, device
     return Budget(steps=int(recipe.get("epochs", 1)) * math.ceil(n_retain / int(recipe.get("batch_size", 32))))
 
 
+def assess(card, task, model, data: UnlearningData, device, precision: str, seed: int) -> dict:
+    """The task metrics on D_test, D_f and D_r, and the membership-inference attacks on D_f."""
+    outputs, metrics = evaluate(task, model, data, EVAL_PARTS, card.eval.get("batch_size", 256), device, precision,
+                                {"retain": card.eval.get("max_retain")})
+    return metrics | attack_metrics(outputs, seed)
+
+
 def run(config: RunConfig, registry: Registry | None = None) -> tuple[dict, Path]:
     """Unlearn and evaluate as ``config`` says; returns the result and the file it was written to."""
     started = time.perf_counter()
@@ -121,23 +128,20 @@ def run(config: RunConfig, registry: Registry | None = None) -> tuple[dict, Path
     device = resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
     seed = card.seeds[0] if config.seed is None else config.seed
-    ensure_writable(config.output_path)
-
-    prepared.load()
     reason = method_cls.unsupported(task)
     if reason:
         raise UserError(f"method '{method_cls.name}' cannot run on task '{card.name}': {reason}")
+    ensure_writable(config.output_path)
+
+    prepared.load()
     seed_everything(seed)
     t0 = time.perf_counter()
     original = prepared.original(device, precision)
     original_s = time.perf_counter() - t0
 
     data = UnlearningData(task, prepared.train, prepared.test, prepared.forget, seed, device)
-    eval_batch = card.eval.get("batch_size", 256)
-    max_sizes = {"retain": card.eval.get("max_retain")}
     t0 = time.perf_counter()
-    outputs, before = evaluate(task, original.model, data, EVAL_PARTS, eval_batch, device, precision, max_sizes)
-    before.update(attack_metrics(outputs, seed))
+    before = assess(card, task, original.model, data, device, precision, seed)
     eval_s = time.perf_counter() - t0
 
     budget = unlearning_budget(budget_setting, method_cls, original, card, len(data.retain), device)
@@ -150,8 +154,7 @@ def run(config: RunConfig, registry: Registry | None = None) -> tuple[dict, Path
     report = method.unlearn()
 
     t0 = time.perf_counter()
-    outputs, after = evaluate(task, ctx.model, data, EVAL_PARTS, eval_batch, device, precision, max_sizes)
-    after.update(attack_metrics(outputs, seed))
+    after = assess(card, task, ctx.model, data, device, precision, seed)
     eval_s += time.perf_counter() - t0
     metric = task.metric
     for block in (before, after):

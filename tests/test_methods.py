@@ -153,3 +153,27 @@ def test_card_overrides_layer_over_method_defaults(registry):
     assert args["optimizer"] == card.data["unlearn"]["optimizer"]  # the card's unlearn recipe
     assert args["mask_ratio"] == 0.5                                 # the method's own default
     assert np.isclose(registry.method("scrub").resolve_args(card)["temperature"], 4.0)
+
+
+def test_a_method_that_cannot_apply_says_so_before_it_starts(registry, tmp_path):
+    from mubench.api import TaskType, hookimpl
+    from mubench.api.registry import Registry
+    from mubench.harness import RunConfig, run
+    from tests_support import digits_card_dict
+    import yaml
+
+    class Scoring(TaskType):  # a task type with no notion of a wrong target
+        name = "scoring"
+
+    class Plugin:
+        @hookimpl
+        def mubench_task_types(self):
+            return [Scoring]
+
+    card = digits_card_dict() | {"task": "scores", "task_type": "scoring"}
+    (tmp_path / "scores.yaml").write_text(yaml.safe_dump(card))
+    custom = Registry(include_paths=[tmp_path], plugins=[Plugin()])
+    for method in ("randlabel", "salun"):
+        with pytest.raises(UserError, match=f"method '{method}' cannot run on task 'scores': task type 'scoring' cannot corrupt targets"):
+            run(RunConfig(task="scores", method=method, output_path=tmp_path / "out"), custom)
+    assert not (tmp_path / "out").exists()

@@ -109,7 +109,7 @@ class Method:
 
     @classmethod
     def unsupported(cls, task: TaskType) -> str | None:
-        """Why this method cannot run on ``task``, or None when it can."""
+        """Why this method cannot run on ``task`` (before its data is loaded), or None when it can."""
         return None
 
     @property
