@@ -75,14 +75,14 @@ class Batch:
     inputs: dict
     forget: torch.Tensor
 
-    def to(self, device: torch.device) -> "Batch":
+    def to(self, device: torch.device) -> Batch:
         moved = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in self.inputs.items()}
         return Batch(moved, self.forget.to(device, non_blocking=True))
 
     def __len__(self) -> int:
         return len(self.forget)
 
-    def pin_memory(self) -> "Batch":
+    def pin_memory(self) -> Batch:
         """Page-locked copies, so that ``to(cuda, non_blocking=True)`` overlaps; DataLoader calls it on CUDA."""
         pinned = {k: v.pin_memory() if torch.is_tensor(v) else v for k, v in self.inputs.items()}
         return Batch(pinned, self.forget.pin_memory())

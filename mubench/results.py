@@ -5,7 +5,6 @@ import json
 import math
 import platform
 import subprocess
-import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
