@@ -177,3 +177,23 @@ def test_a_method_that_cannot_apply_says_so_before_it_starts(registry, tmp_path)
         with pytest.raises(UserError, match=f"method '{method}' cannot run on task 'scores': task type 'scoring' cannot corrupt targets"):
             run(RunConfig(task="scores", method=method, output_path=tmp_path / "out"), custom)
     assert not (tmp_path / "out").exists()
+
+
+def test_the_retrain_budget_is_derived_from_the_original(registry):
+    from types import SimpleNamespace
+
+    from mubench.harness import unlearning_budget
+
+    card, salun, retrain = registry.card("digits"), registry.method("salun"), registry.method("retrain")
+    cpu = torch.device("cpu")
+    trained_here = SimpleNamespace(sidecar={"train_seconds": 10.0, "n_train": 1000, "device": "cpu"})
+    from_elsewhere = SimpleNamespace(sidecar={})  # e.g. a hub checkpoint with no training time
+    assert unlearning_budget("retrain", salun, trained_here, card, 900, cpu).seconds == pytest.approx(9.0)
+    on_gpu = unlearning_budget("retrain", salun, trained_here, card, 900, torch.device("cuda"))
+    steps = card.data["train"]["epochs"] * -(-900 // card.data["train"]["batch_size"])
+    assert on_gpu.seconds is None and on_gpu.steps == steps
+    assert unlearning_budget("retrain", salun, from_elsewhere, card, 900, cpu).steps == steps
+    assert unlearning_budget(2.5, salun, trained_here, card, 900, cpu).seconds == 2.5
+    for unlimited in (unlearning_budget("none", salun, trained_here, card, 900, cpu),
+                      unlearning_budget("retrain", retrain, trained_here, card, 900, cpu)):
+        assert unlimited.seconds is None and unlimited.steps is None
