@@ -72,7 +72,7 @@ class Prepared:
         self.card = registry.card(task_name)
         self.task = registry.task_type(self.card)
         name, spec = self.card.model(model_name)
-        self.family = Family(self.card.name, name, spec, registry.architecture(self.card, spec["architecture"]), self.task)
+        self.family = Family(name, spec, registry.architecture(self.card, spec["architecture"]), self.task)
         self.ratio = self.card.default_ratio if ratio is None else ratio
         if self.ratio not in self.card.ratios:
             raise UserError(f"deletion ratio {self.ratio} is not one of task '{self.card.name}''s ratios: "

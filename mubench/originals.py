@@ -40,7 +40,6 @@ def mubench_home() -> Path:
 class Family:
     """A model family of a card, able to build a fresh randomly initialised model."""
 
-    task_name: str
     name: str
     spec: dict
     architecture: Callable[..., torch.nn.Module]
