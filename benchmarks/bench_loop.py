@@ -18,9 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from mubench.api import Context
 from mubench.api.registry import Registry
-from mubench.data import UnlearningData
 from mubench.harness import Prepared
 from mubench.loop import make_optimizer, resolve_device
 
@@ -28,9 +26,7 @@ TARGET = 1.15
 
 
 def harness_seconds(method_cls, args, prepared, original, device) -> tuple[float, int]:
-    data = UnlearningData(prepared.task, prepared.train, prepared.test, prepared.forget, seed=0, device=device)
-    ctx = Context(prepared.task, copy.deepcopy(original), data, device, "fp32", prepared.family.build,
-                  torch.Generator().manual_seed(0))
+    ctx = prepared.context(copy.deepcopy(original), seed=0, device=device, precision="fp32")
     report = method_cls(ctx, args).unlearn()
     return report.seconds, report.steps
 

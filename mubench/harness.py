@@ -91,6 +91,12 @@ class Prepared:
     def original(self, device, precision, retrain_cache: bool = False):
         return resolve_original(self.card, self.family, self.train, self.test, self.data_sha256, device, precision, retrain_cache)
 
+    def context(self, model: torch.nn.Module, seed: int, device, precision: str, budget: Budget | None = None) -> Context:
+        """What a method works with to unlearn this task's D_f from ``model``, seeded with ``seed``."""
+        data = UnlearningData(self.task, self.train, self.test, self.forget, seed, device)
+        return Context(self.task, model, data, device, precision, self.family.build,
+                       torch.Generator().manual_seed(seed), budget or Budget())
+
 
 def unlearning_budget(setting, method_cls, original, card, n_retain: int, device) -> Budget:
     """The budget unlearning runs under; by default the time retraining would take.
@@ -139,14 +145,13 @@ def run(config: RunConfig, registry: Registry | None = None) -> tuple[dict, Path
     original = prepared.original(device, precision)
     original_s = time.perf_counter() - t0
 
-    data = UnlearningData(task, prepared.train, prepared.test, prepared.forget, seed, device)
+    budget = unlearning_budget(budget_setting, method_cls, original, card, prepared.n_train - len(prepared.forget), device)
+    ctx = prepared.context(original.model, seed, device, precision, budget)
+    data = ctx.data
     t0 = time.perf_counter()
     before = assess(card, task, original.model, data, device, precision, seed)
     eval_s = time.perf_counter() - t0
 
-    budget = unlearning_budget(budget_setting, method_cls, original, card, len(data.retain), device)
-    ctx = Context(task, original.model, data, device, precision, prepared.family.build,
-                  torch.Generator().manual_seed(seed), budget)
     method = method_cls(ctx, args)
     seed_everything(seed)
     log.info("unlearning: %s on %s/%s, |D_f| = %d (%g%%)", method_cls.name, card.name, prepared.family.name,

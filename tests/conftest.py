@@ -27,6 +27,16 @@ def registry():
 
 
 @pytest.fixture(scope="session")
+def digits_prepared(registry):
+    """The digits task loaded and encoded, with its 5% deletion set drawn."""
+    from mubench.harness import Prepared
+
+    prepared = Prepared(registry, "digits", None, 0.05)
+    prepared.load()
+    return prepared
+
+
+@pytest.fixture(scope="session")
 def run_digits(registry, tmp_path_factory):
     """Run a method on digits in-process (results cached per argument set); returns the result dict."""
     from mubench.harness import RunConfig, run

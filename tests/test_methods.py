@@ -3,11 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from mubench.api import Context
 from mubench.api.losses import distill_kl
-from mubench.data import UnlearningData
 from mubench.errors import UserError
-from mubench.harness import Prepared
 from mubench.results import validate_result
 
 FORGETTING = ["neggrad", "randlabel", "badt", "scrub", "salun"]
@@ -67,18 +64,14 @@ def test_the_default_budget_is_retraining_time(run_digits):
 
 
 @pytest.fixture(scope="module")
-def digits_context(registry):
-    """A fresh Context on digits (5% D_f) around the cached original model."""
-    prepared = Prepared(registry, "digits", None, 0.05)
-    prepared.load()
+def digits_context(digits_prepared):
+    """Makes a fresh Context on digits (5% D_f) around the cached original model."""
     cpu = torch.device("cpu")
 
     def make():
-        original = prepared.original(cpu, "fp32")
-        data = UnlearningData(prepared.task, prepared.train, prepared.test, prepared.forget, seed=0, device=cpu)
-        return Context(prepared.task, original.model, data, cpu, "fp32", prepared.family.build, torch.Generator().manual_seed(0))
+        return digits_prepared.context(digits_prepared.original(cpu, "fp32").model, 0, cpu, "fp32")
 
-    return prepared.card, make
+    return digits_prepared.card, make
 
 
 def test_salun_moves_only_salient_weights(registry, digits_context):

@@ -17,34 +17,27 @@ CPU = torch.device("cpu")
 
 
 @pytest.fixture(scope="module")
-def prepared(registry):
-    prepared = Prepared(registry, "digits", None, 0.05)
-    prepared.load()
-    return prepared
-
-
-@pytest.fixture(scope="module")
-def cached(prepared):
+def cached(digits_prepared):
     """The digits original as cached by the harness (trained once per session)."""
-    original = prepared.original(CPU, "fp32")
+    original = digits_prepared.original(CPU, "fp32")
     return Path(original.source)
 
 
-def test_the_cache_holds_safetensors_and_a_sidecar(cached, prepared, mubench_home):
+def test_the_cache_holds_safetensors_and_a_sidecar(cached, digits_prepared, mubench_home):
     assert cached.is_relative_to(mubench_home / "originals" / "digits" / "cnn")
     sidecar = json.loads((cached / "model.json").read_text())
     assert sidecar["task"] == "digits" and sidecar["model"] == "cnn" and sidecar["train_seed"] == 0
-    assert sidecar["data_sha256"] == prepared.data_sha256 and sidecar["n_train"] == 1437
+    assert sidecar["data_sha256"] == digits_prepared.data_sha256 and sidecar["n_train"] == 1437
     assert sidecar["metrics"]["test_acc"] > 0.9 and sidecar["train_seconds"] > 0
     assert (cached / "model.safetensors").read_bytes()[:8]  # a safetensors header, not a pickle
 
 
-def test_a_second_resolution_loads_the_cache(prepared, cached, monkeypatch):
+def test_a_second_resolution_loads_the_cache(digits_prepared, cached, monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("the cached original should have been loaded")
 
     monkeypatch.setattr(originals, "train_original", no_training)
-    first, second = prepared.original(CPU, "fp32"), prepared.original(CPU, "fp32")
+    first, second = digits_prepared.original(CPU, "fp32"), digits_prepared.original(CPU, "fp32")
     assert Path(second.source) == cached
     for a, b in zip(first.model.parameters(), second.model.parameters()):
         assert torch.equal(a, b)
