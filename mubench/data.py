@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,17 +17,25 @@ from mubench.errors import UserError, unknown_name
 if TYPE_CHECKING:
     from mubench.api.card import TaskCard
 
+log = logging.getLogger("mubench")
 
-def load_splits(card: TaskCard, loaders: dict):
+
+def load_splits(card: TaskCard, loaders: dict, data_dir: str | Path | None = None):
     """The card's ``train`` and ``test`` splits as a ``datasets.DatasetDict``.
 
     A ``loader:`` card calls a registered built-in loader; a ``path:`` card goes through
     ``datasets``: a folder written by ``save_to_disk`` is read with ``load_from_disk``,
-    anything else (a hub id, a local data folder) with ``load_dataset``.
+    anything else (a hub id, a local data folder) with ``load_dataset``. ``data_dir``
+    (``--data-dir``) replaces the card's ``path`` with a local copy, for offline clusters.
     """
     import datasets
 
-    spec = card.dataset
+    spec = dict(card.dataset)
+    if data_dir is not None:
+        if not Path(data_dir).is_dir():
+            raise UserError(f"--data-dir {data_dir}: no such folder")
+        spec.pop("loader", None)
+        spec.update(path=str(data_dir), name=None, data_dir=None)
     if "loader" in spec:
         if spec["loader"] not in loaders:
             raise unknown_name("dataset loader", spec["loader"], loaders)
@@ -47,6 +57,29 @@ def load_splits(card: TaskCard, loaders: dict):
         if absent:
             raise UserError(f"task '{card.name}': {role} split lacks column(s) {', '.join(sorted(absent))} named in dataset.columns")
     return datasets.DatasetDict({role: raw[split] for role, split in names.items()})
+
+
+PREPROCESS_FORMAT = 1  # bump when the cache layout changes
+
+
+def preprocessed(task, split, role: str, data_sha256: str, card_name: str):
+    """``split`` after ``task.preprocess``, computed once and cached under ``$MUBENCH_HOME/preprocessed``.
+
+    The cache key is the raw data's fingerprint and :meth:`TaskType.preprocess_key`
+    (the processor and its settings), so a second run reads Arrow files instead of
+    decoding or tokenizing again.
+    """
+    from mubench.api.task import storable
+    from mubench.files import mubench_home
+
+    key = json.dumps({"data": data_sha256, "task": task.preprocess_key(), "format": PREPROCESS_FORMAT}, sort_keys=True, default=str)
+    folder = mubench_home() / "preprocessed" / card_name / hashlib.sha256(key.encode()).hexdigest()[:16]
+    path = folder / f"{role}.arrow"
+    if not path.is_file():
+        log.info("preprocessing %s split of %s (%d examples); cached at %s", role, card_name, len(split), folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    return split.map(lambda batch: storable(task.preprocess(batch)), batched=True, batch_size=64, remove_columns=split.column_names,
+                     cache_file_name=str(path), load_from_cache_file=True, desc=f"preprocess {role}")
 
 
 def fingerprint(split) -> str:

@@ -10,6 +10,11 @@ from pathlib import Path
 from mubench.errors import UserError
 
 
+def mubench_home() -> Path:
+    """``$MUBENCH_HOME``, by default ``~/.cache/mubench``: original models and preprocessed data."""
+    return Path(os.environ.get("MUBENCH_HOME", Path.home() / ".cache" / "mubench")).expanduser()
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path):
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""

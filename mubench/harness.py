@@ -16,9 +16,10 @@ from mubench import __version__
 from mubench.api.method import Context
 from mubench.api.metrics import attack_metrics, overall_score
 from mubench.api.registry import Registry
-from mubench.data import UnlearningData, fingerprint, load_splits
+from mubench.data import UnlearningData, fingerprint, load_splits, preprocessed
 from mubench.errors import UserError
 from mubench.files import ensure_writable, write_json
+from mubench.lora import LoraSpec, apply_lora
 from mubench.loop import Budget, evaluate, resolve_device, resolve_precision
 from mubench.originals import Family, resolve_original
 from mubench.results import SCHEMA_VERSION, environment, finite, result_filename, validate_result
@@ -44,6 +45,8 @@ class RunConfig:
     time_budget: str = "retrain"
     output_path: Path = Path("results")
     include_paths: list = field(default_factory=list)
+    data_dir: Path | None = None
+    lora: LoraSpec | None = None
 
 
 def seed_everything(seed: int) -> None:
@@ -68,7 +71,8 @@ def parse_time_budget(text: str) -> str | float:
 class Prepared:
     """A task with its data loaded and encoded, its deletion set drawn and its model family chosen."""
 
-    def __init__(self, registry: Registry, task_name: str, model_name: str | None, ratio: float | None):
+    def __init__(self, registry: Registry, task_name: str, model_name: str | None, ratio: float | None,
+                 data_dir: Path | None = None):
         self.card = registry.card(task_name)
         self.task = registry.task_type(self.card)
         name, spec = self.card.model(model_name)
@@ -77,25 +81,34 @@ class Prepared:
         if self.ratio not in self.card.ratios:
             raise UserError(f"deletion ratio {self.ratio} is not one of task '{self.card.name}''s ratios: "
                             f"{', '.join(f'{r:g}' for r in self.card.ratios)}")
-        self.registry = registry
+        self.registry, self.data_dir = registry, data_dir
 
     def load(self) -> None:
-        """Read the data, draw D_f and encode the splits."""
-        splits = load_splits(self.card, self.registry.dataset_loaders)
+        """Read the data, draw D_f, and preprocess (cached) and encode the splits."""
+        self.task.use_model(self.family.spec.get("params", {}))
+        splits = load_splits(self.card, self.registry.dataset_loaders, self.data_dir)
         self.task.prepare(splits["train"])
         self.n_train, self.n_test = len(splits["train"]), len(splits["test"])
         self.data_sha256 = fingerprint(splits["train"])
         self.forget = forget_indices(self.n_train, self.task.strata(splits["train"]), self.ratio, self.card.split_seed)
+        if self.task.preprocesses:
+            splits = {"train": preprocessed(self.task, splits["train"], "train", self.data_sha256, self.card.name),
+                      "test": preprocessed(self.task, splits["test"], "test", fingerprint(splits["test"]), self.card.name)}
         self.train, self.test = self.task.encode(splits["train"]), self.task.encode(splits["test"])
 
     def original(self, device, precision, retrain_cache: bool = False):
         return resolve_original(self.card, self.family, self.train, self.test, self.data_sha256, device, precision, retrain_cache)
 
-    def context(self, model: torch.nn.Module, seed: int, device, precision: str, budget: Budget | None = None) -> Context:
-        """What a method works with to unlearn this task's D_f from ``model``, seeded with ``seed``."""
+    def context(self, model: torch.nn.Module, seed: int, device, precision: str, budget: Budget | None = None,
+                lora: LoraSpec | None = None) -> Context:
+        """What a method works with to unlearn this task's D_f from ``model``, seeded with ``seed``.
+
+        With ``lora``, fresh models (retraining's, Bad-T's teacher) carry the same adapters.
+        """
         data = UnlearningData(self.task, self.train, self.test, self.forget, seed, device)
-        return Context(self.task, model, data, device, precision, self.family.build,
-                       torch.Generator().manual_seed(seed), budget or Budget())
+        build = self.family.build if lora is None else (lambda: apply_lora(self.family.build(), lora)[0])
+        return Context(self.task, model, data, device, precision, build, torch.Generator().manual_seed(seed),
+                       budget or Budget())
 
 
 def unlearning_budget(setting, method_cls, original, card, n_retain: int, device) -> Budget:
@@ -126,7 +139,7 @@ def run(config: RunConfig, registry: Registry | None = None) -> tuple[dict, Path
     """Unlearn and evaluate as ``config`` says; returns the result and the file it was written to."""
     started = time.perf_counter()
     registry = registry or Registry(config.include_paths)
-    prepared = Prepared(registry, config.task, config.model, config.deletion_ratio)
+    prepared = Prepared(registry, config.task, config.model, config.deletion_ratio, config.data_dir)
     card, task = prepared.card, prepared.task
     method_cls = registry.method(config.method)
     args = method_cls.resolve_args(card, config.method_args)
@@ -146,11 +159,15 @@ def run(config: RunConfig, registry: Registry | None = None) -> tuple[dict, Path
     original_s = time.perf_counter() - t0
 
     budget = unlearning_budget(budget_setting, method_cls, original, card, prepared.n_train - len(prepared.forget), device)
-    ctx = prepared.context(original.model, seed, device, precision, budget)
+    ctx = prepared.context(original.model, seed, device, precision, budget, config.lora)
     data = ctx.data
     t0 = time.perf_counter()
     before = assess(card, task, original.model, data, device, precision, seed)
     eval_s = time.perf_counter() - t0
+    n_parameters = sum(p.numel() for p in original.model.parameters())
+    peft = None
+    if config.lora is not None:
+        ctx.model, peft = apply_lora(original.model, config.lora)
 
     method = method_cls(ctx, args)
     seed_everything(seed)
@@ -173,7 +190,7 @@ def run(config: RunConfig, registry: Registry | None = None) -> tuple[dict, Path
         "model": prepared.family.name,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "config": {"deletion_ratio": prepared.ratio, "seed": seed, "method_args": args, "device": device.type,
-                   "precision": precision, "time_budget": budget_setting},
+                   "precision": precision, "time_budget": budget_setting, "peft": peft},
         "split": {"n_train": prepared.n_train, "n_forget": len(data.forget), "n_retain": len(data.retain),
                   "n_test": prepared.n_test, "forget_sha256": indices_sha256(data.forget),
                   "split_seed": card.split_seed, "data_sha256": prepared.data_sha256},
@@ -183,7 +200,8 @@ def run(config: RunConfig, registry: Registry | None = None) -> tuple[dict, Path
         "unlearning": {"steps": report.steps, "budget_s": budget.seconds, "budget_steps": budget.steps,
                        "budget_exhausted": report.budget_exhausted, "diverged": report.diverged},
         "model_info": {"architecture": prepared.family.spec["architecture"], "original": original.source,
-                       "n_parameters": sum(p.numel() for p in ctx.model.parameters())},
+                       "n_parameters": n_parameters,
+                       "trainable_fraction": sum(p.numel() for p in ctx.model.parameters() if p.requires_grad) / n_parameters},
         "task_card": {"sha256": card.sha256},
         "environment": environment(device),
     }

@@ -9,7 +9,6 @@ import datetime
 import hashlib
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,17 +22,12 @@ from mubench import __version__
 from mubench.api.method import Context, Fit
 from mubench.data import UnlearningData
 from mubench.errors import UserError
-from mubench.files import atomic_path, write_json
+from mubench.files import atomic_path, mubench_home, write_json
 from mubench.loop import evaluate
 
 log = logging.getLogger("mubench")
 
 WEIGHTS, SIDECAR = "model.safetensors", "model.json"
-
-
-def mubench_home() -> Path:
-    """``$MUBENCH_HOME``, by default ``~/.cache/mubench``."""
-    return Path(os.environ.get("MUBENCH_HOME", Path.home() / ".cache" / "mubench")).expanduser()
 
 
 @dataclass
@@ -47,6 +41,19 @@ class Family:
 
     def build(self) -> torch.nn.Module:
         return self.architecture(self.task, **self.spec.get("params", {}))
+
+    def load_published(self, source: str) -> torch.nn.Module | None:
+        """A published fine-tuned model in its architecture's own format, if the architecture reads one."""
+        load = getattr(self.architecture, "load_original", None)
+        return load(self.task, source, **self.spec.get("params", {})) if load else None
+
+    def count_parameters(self) -> int:
+        """The parameter count of the family's model for this task, built without weights where possible."""
+        count = getattr(self.architecture, "count_parameters", None)
+        if count is not None:
+            return count(self.task, **self.spec.get("params", {}))
+        with torch.device("meta"):
+            return sum(p.numel() for p in self.build().parameters())
 
 
 @dataclass
@@ -123,11 +130,15 @@ def train_original(card, family: Family, train, test, device, precision: str) ->
 def resolve_original(card, family: Family, train, test, data_sha256: str, device, precision: str,
                      retrain_cache: bool = False) -> Original:
     """θ₀ in the order: the card's checkpoint, the local cache, training it here (then cached)."""
-    model = family.build()
     source = family.spec["original"]
     if source != "train":
+        published = family.load_published(source)
+        if published is not None:
+            return Original(published.to(device), {}, source)
+        model = family.build()
         sidecar = load_checkpoint(model, checkpoint_file(source), family)
         return Original(model.to(device), sidecar, source)
+    model = family.build()
     folder = mubench_home() / "originals" / card.name / family.name / cache_key(card, family, data_sha256)
     if (folder / WEIGHTS).is_file() and (folder / SIDECAR).is_file() and not retrain_cache:
         log.info("original model: cached at %s", folder)

@@ -5,6 +5,10 @@ from mubench.api import hookimpl
 from mubench.tasks.architectures import small_cnn
 from mubench.tasks.classification import ImageClassificationTask
 from mubench.tasks.digits import load_digits
+from mubench.tasks.pretrained import Pretrained
+from mubench.tasks.text import RelationClassificationTask, TextClassificationTask
+
+TASK_TYPES = [ImageClassificationTask, TextClassificationTask, RelationClassificationTask]
 
 
 @hookimpl
@@ -14,7 +18,7 @@ def mubench_task_card_dirs():
 
 @hookimpl
 def mubench_task_types():
-    return [ImageClassificationTask]
+    return TASK_TYPES
 
 
 @hookimpl
@@ -24,4 +28,4 @@ def mubench_dataset_loaders():
 
 @hookimpl
 def mubench_architectures():
-    return {"small_cnn": small_cnn}
+    return {"small_cnn": small_cnn, "transformers": Pretrained()}

@@ -1,11 +1,20 @@
-"""Classification task types: one class label per example, accuracy as the metric."""
+"""Classification task types: one class label per example, cross-entropy, accuracy.
+
+The label set comes from the dataset's ``ClassLabel`` names, or from the card's
+``dataset.labels`` (which may also merge classes: every value not listed maps to
+``dataset.other_label``, e.g. Speech Commands' ``_unknown_``).
+"""
 from __future__ import annotations
+
+from typing import ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mubench.api import TaskType, TensorExamples
+from mubench.api import ArrowExamples, TaskType, TensorExamples
+from mubench.errors import UserError
+from mubench.tasks.pretrained import from_hub
 
 
 class ClassificationTask(TaskType):
@@ -13,31 +22,89 @@ class ClassificationTask(TaskType):
 
     Corrupting targets gives D_f examples a wrong label: ``shift`` is (y + 1) mod K
     as in MU-Bench, ``random`` a uniformly drawn other class each time.
+
+    Subclasses fed by Hugging Face models name their ``auto_class`` and
+    ``processor_class``; the processor is loaded from the family's ``processor`` or
+    ``pretrained`` param.
     """
 
     metric = "acc"
+    auto_class: ClassVar[str] = ""
+    processor_class: ClassVar[str] = ""
+    processor = None
+
+    def use_model(self, params: dict) -> None:
+        self.processor_source = params.get("processor") or params.get("pretrained")
+        if self.processor_class and self.processor_source:
+            import transformers
+
+            self.processor = from_hub(getattr(transformers, self.processor_class).from_pretrained, self.processor_source)
 
     def prepare(self, train) -> None:
         feature = train.features[self.column("label")]
-        names = getattr(feature, "names", None)
-        self.num_labels = len(names) if names else int(max(train[self.column("label")])) + 1
+        data_names = getattr(feature, "names", None)
+        card_names = self.card.dataset.get("labels")
+        other = self.card.dataset.get("other_label")
+        if card_names is None:
+            names = data_names or [str(v) for v in sorted(set(train[self.column("label")]))]
+        else:
+            names = list(card_names)
+        index = {name: i for i, name in enumerate(names)}
+        raw = data_names or sorted(set(train[self.column("label")]))
+        self.index = {}
+        for position, value in enumerate(raw):
+            name = str(value)
+            if name not in index and other not in index:
+                raise UserError(f"task '{self.card.name}': label {name!r} of the data is not in dataset.labels "
+                                f"(set dataset.other_label to merge such labels into one class)")
+            self.index[position if data_names else value] = index.get(name, index.get(other))
+        self._label_names = names
+        declared = self.card.dataset.get("num_labels")
+        if declared is not None and declared != len(names):
+            raise UserError(f"task '{self.card.name}': dataset.num_labels is {declared}, but the data has {len(names)} classes")
+
+    @property
+    def label_names(self) -> list[str]:
+        """The class names, from the data once prepared, else from the card (for listing models)."""
+        names = getattr(self, "_label_names", None) or self.card.dataset.get("labels")
+        if names is None and self.card.dataset.get("num_labels"):
+            names = [str(i) for i in range(self.card.dataset["num_labels"])]
+        if names is None:
+            raise UserError(f"task '{self.card.name}': its classes are unknown before the data is read "
+                            f"(declare dataset.labels or dataset.num_labels in the card)")
+        return names
+
+    def targets(self, values) -> np.ndarray:
+        """Class indices of raw label values (ClassLabel ids or strings)."""
+        try:
+            return np.asarray([self.index[v] for v in values], dtype=np.int64)
+        except KeyError as e:
+            raise UserError(f"task '{self.card.name}': label {e.args[0]!r} is not one of the training split's labels") from None
 
     def strata(self, split) -> np.ndarray:
-        return np.asarray(split[self.column("label")])
+        return self.targets(split[self.column("label")])
 
     def model_kwargs(self) -> dict:
-        return {"num_labels": self.num_labels}
+        return {"num_labels": len(self.label_names)}
+
+    def preprocess_key(self) -> dict:
+        return {"task_type": self.name, "processor": self.processor_source, "labels": self.label_names,
+                "columns": self.columns, "options": self.card.dataset.get("options", {})}
+
+    def encode(self, split):
+        return ArrowExamples(split)
 
     def loss(self, logits, inputs):
         return F.cross_entropy(logits, inputs["labels"], reduction="none")
 
     def relabel(self, inputs, forget, mode, generator):
         labels = inputs["labels"]
+        k = len(self.label_names)
         if mode == "shift":
             offset = torch.ones_like(labels)
         else:
-            offset = torch.randint(1, self.num_labels, labels.shape, generator=generator).to(labels.device)
-        wrong = (labels + offset) % self.num_labels
+            offset = torch.randint(1, k, labels.shape, generator=generator).to(labels.device)
+        wrong = (labels + offset) % k
         return {**inputs, "labels": torch.where(forget, wrong, labels)}
 
     def eval_outputs(self, logits, inputs):
@@ -50,13 +117,48 @@ class ClassificationTask(TaskType):
 
     @property
     def chance(self) -> float:
-        return 1.0 / self.num_labels
+        return 1.0 / len(self.label_names)
+
+
+def stack(items: list) -> torch.Tensor:
+    """Equal-shaped numpy arrays (or scalars) of a batch as one tensor."""
+    return torch.from_numpy(np.stack(items))
+
+
+def pixels(values: torch.Tensor, processor) -> torch.Tensor:
+    """uint8 pixels as the processor's normalised floats (done on the device, after the transfer)."""
+    if values.dtype != torch.uint8:
+        return values
+    x = values.float() * float(getattr(processor, "rescale_factor", 1 / 255))
+    if getattr(processor, "do_normalize", True) and getattr(processor, "image_mean", None) is not None:
+        shape = (-1, 1, 1)
+        mean = torch.tensor(processor.image_mean, device=x.device).view(shape)
+        std = torch.tensor(processor.image_std, device=x.device).view(shape)
+        x = (x - mean) / std
+    return x
+
+
+def resized_uint8(processor, images, **kwargs) -> np.ndarray:
+    """The processor's resized, cropped images, kept as uint8 (rescaling and normalising wait for the batch)."""
+    out = processor(images, do_rescale=False, do_normalize=False, return_tensors="pt", **kwargs)["pixel_values"]
+    return out.round().clamp(0, 255).to(torch.uint8).numpy()
 
 
 class ImageClassificationTask(ClassificationTask):
-    """Images (column role ``image``: arrays or PIL images, grey or RGB) to class labels."""
+    """Images (column role ``image``) to class labels.
+
+    With a Hugging Face family, images go through its image processor (resized and
+    cropped once, cached as uint8, normalised on the device); with a from-scratch
+    architecture they are used as they are (arrays, grey or RGB).
+    """
 
     name = "image_classification"
+    auto_class = "AutoModelForImageClassification"
+    processor_class = "AutoImageProcessor"
+
+    @property
+    def preprocesses(self) -> bool:
+        return self.processor is not None
 
     def prepare(self, train) -> None:
         super().prepare(train)
@@ -66,15 +168,26 @@ class ImageClassificationTask(ClassificationTask):
     def model_kwargs(self) -> dict:
         return {**super().model_kwargs(), "in_channels": self.in_channels}
 
+    def preprocess(self, batch):
+        images = [image.convert("RGB") for image in batch[self.column("image")]]
+        return {"pixel_values": resized_uint8(self.processor, images), "labels": self.targets(batch[self.column("label")])}
+
     def encode(self, split):
+        if self.processor is not None:
+            return ArrowExamples(split)
         images = np.asarray(split.with_format("numpy")[self.column("image")])
-        pixels = torch.as_tensor(images, dtype=torch.float32)
+        values = torch.as_tensor(images, dtype=torch.float32)
         if images.dtype == np.uint8:
-            pixels /= 255.0
-        pixels = pixels[:, None] if pixels.ndim == 3 else pixels.permute(0, 3, 1, 2)
-        labels = torch.as_tensor(np.asarray(split[self.column("label")]), dtype=torch.long)
-        return TensorExamples(pixel_values=pixels.contiguous(), labels=labels)
+            values /= 255.0
+        values = values[:, None] if values.ndim == 3 else values.permute(0, 3, 1, 2)
+        labels = torch.as_tensor(self.targets(split[self.column("label")]))
+        return TensorExamples(pixel_values=values.contiguous(), labels=labels)
+
+    def collate(self, items):
+        if self.processor is None:
+            return items
+        return {"pixel_values": stack(items["pixel_values"]), "labels": stack(items["labels"])}
 
     def forward(self, model, inputs):
-        out = model(inputs["pixel_values"])
+        out = model(pixels(inputs["pixel_values"], self.processor))
         return getattr(out, "logits", out)

@@ -3,11 +3,15 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
+# Tiny models are published here under their real hub ids (tests/fixtures/hub.py); set before
+# huggingface_hub is imported, which reads it once.
+os.environ["HF_HUB_CACHE"] = tempfile.mkdtemp(prefix="mubench-hf-hub-")
 REPO = Path(__file__).resolve().parents[1]
 
 

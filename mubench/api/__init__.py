@@ -3,9 +3,9 @@ import pluggy
 
 from mubench.api.card import TaskCard, load_card
 from mubench.api.method import Context, Fit, Method, Pass
-from mubench.api.task import TaskType, TensorExamples
+from mubench.api.task import ArrowExamples, TaskType, TensorExamples
 from mubench.data import Batch
 
 hookimpl = pluggy.HookimplMarker("mubench")
 
-__all__ = ["Batch", "Context", "Fit", "Method", "Pass", "TaskCard", "TaskType", "TensorExamples", "hookimpl", "load_card"]
+__all__ = ["ArrowExamples", "Batch", "Context", "Fit", "Method", "Pass", "TaskCard", "TaskType", "TensorExamples", "hookimpl", "load_card"]

@@ -1,0 +1,83 @@
+"""Architecture ``transformers``: a Hugging Face model by hub id or local folder, with a head for the task.
+
+Card params: ``pretrained`` (the backbone θ₀ is fine-tuned from), optionally
+``model_class`` (a transformers class name, when the task type's Auto class does not
+fit, e.g. ``ViltForImagesAndTextClassification``), ``processor`` (read by the task
+type; default: ``pretrained``) and any config overrides (e.g. ``num_frames``).
+"""
+from __future__ import annotations
+
+import torch
+
+from mubench.errors import UserError
+
+TASK_KEYS = ("processor",)  # params the task type reads, not the model
+
+
+def resolve_class(task, name: str | None):
+    """The transformers class ``name``, or the task type's Auto class."""
+    import transformers
+
+    name = name or task.auto_class
+    cls = getattr(transformers, name, None)
+    if cls is None:
+        raise UserError(f"transformers has no class '{name}' (card model param 'model_class')")
+    return cls
+
+
+def head_kwargs(task) -> dict:
+    """``num_labels`` and the label names of the task, for the model's config."""
+    names = task.label_names
+    return {"num_labels": len(names), "id2label": dict(enumerate(names)), "label2id": {n: i for i, n in enumerate(names)}}
+
+
+def from_hub(load, source: str, **kwargs):
+    """``load(source, **kwargs)``, with a failed download or a bad folder as one line.
+
+    transformers' load report (the new head's weights are "missing", as they should
+    be) is silenced for the call.
+    """
+    from transformers.utils import logging
+
+    verbosity, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    try:
+        return load(source, **kwargs)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot load '{source}' from the Hugging Face hub or disk: {str(e).splitlines()[0]}") from None
+    finally:
+        logging.set_verbosity(verbosity)
+        if bars:
+            logging.enable_progress_bar()
+
+
+class Pretrained:
+    """Builds, loads and sizes transformers models for a card's model family."""
+
+    def __call__(self, task, pretrained: str, model_class: str | None = None, **params) -> torch.nn.Module:
+        """The pretrained backbone with a freshly initialised head for the task's labels."""
+        config = {k: v for k, v in params.items() if k not in TASK_KEYS}
+        cls = resolve_class(task, model_class)
+        return from_hub(cls.from_pretrained, pretrained, ignore_mismatched_sizes=True, **head_kwargs(task), **config)
+
+    def load_original(self, task, source: str, pretrained: str | None = None, model_class: str | None = None,
+                      **params) -> torch.nn.Module:
+        """A published model already fine-tuned on the task (its head must fit the task's labels)."""
+        cls = resolve_class(task, model_class)
+        model = from_hub(cls.from_pretrained, source)
+        if model.config.num_labels != len(task.label_names):
+            raise UserError(f"original '{source}' predicts {model.config.num_labels} labels; "
+                            f"task '{task.card.name}' has {len(task.label_names)}")
+        return model
+
+    def count_parameters(self, task, pretrained: str, model_class: str | None = None, **params) -> int:
+        """Parameters of the model with the task's head, built from its config alone (no weights)."""
+        from transformers import AutoConfig
+
+        config_overrides = {k: v for k, v in params.items() if k not in TASK_KEYS}
+        config = from_hub(AutoConfig.from_pretrained, pretrained, **head_kwargs(task), **config_overrides)
+        cls = resolve_class(task, model_class)
+        with torch.device("meta"):
+            model = cls.from_config(config) if hasattr(cls, "from_config") else cls._from_config(config)
+        return sum(p.numel() for p in model.parameters())
