@@ -78,8 +78,22 @@ def preprocessed(task, split, role: str, data_sha256: str, card_name: str):
     if not path.is_file():
         log.info("preprocessing %s split of %s (%d examples); cached at %s", role, card_name, len(split), folder)
     folder.mkdir(parents=True, exist_ok=True)
-    return split.map(lambda batch: storable(task.preprocess(batch)), batched=True, batch_size=64, remove_columns=split.column_names,
+    return undecoded(split).map(lambda batch: storable(task.preprocess(batch)), batched=True, batch_size=64, remove_columns=split.column_names,
                      cache_file_name=str(path), load_from_cache_file=True, desc=f"preprocess {role}")
+
+
+def undecoded(split):
+    """``split`` with audio and video columns left as raw ``{"bytes", "path"}``.
+
+    datasets decodes them with torchcodec, which needs system FFmpeg libraries; task
+    types decode them in ``preprocess`` instead (soundfile, PyAV), once, into the cache.
+    """
+    import datasets
+
+    for name, feature in split.features.items():
+        if isinstance(feature, (datasets.Audio, datasets.Video)) and feature.decode:
+            split = split.cast_column(name, type(feature)(decode=False))
+    return split
 
 
 def fingerprint(split) -> str:

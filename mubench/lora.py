@@ -3,8 +3,8 @@
 The adapters go on the attention query and value projections, named as each family
 names them under transformers 5 (BERT ``query``/``value``, ViT, HuBERT, Wav2Vec2 and
 Whisper ``q_proj``/``v_proj``, DistilBERT ``q_lin``/``v_lin``); models without
-attention (ResNet, MobileNet, ConvNeXt, small CNNs) get them on every convolution and
-linear layer. The classification head is trained in full, as in MU-Bench.
+attention (ResNet, MobileNet, ConvNeXt, small CNNs) get them on every convolution (but
+depthwise ones) and linear layer. The classification head is trained in full, as in MU-Bench.
 """
 from __future__ import annotations
 
@@ -44,7 +44,8 @@ def layout(model: nn.Module) -> tuple[list[str], list[str]]:
     """The modules that get adapters and the head modules trained in full (full names)."""
     heads = [name for name, _ in model.named_children() if name in HEAD_NAMES]
     layers = {name: m for name, m in model.named_modules()
-              if isinstance(m, ADAPTABLE) and not any(name == h or name.startswith(h + ".") for h in heads)}
+              if isinstance(m, ADAPTABLE) and getattr(m, "groups", 1) == 1  # not depthwise convolutions
+              and not any(name == h or name.startswith(h + ".") for h in heads)}
     leaves = {name.rsplit(".", 1)[-1] for name in layers}
     for pair in ATTENTION_PAIRS:
         if set(pair) <= leaves:

@@ -7,8 +7,9 @@ from mubench.tasks.classification import ImageClassificationTask
 from mubench.tasks.digits import load_digits
 from mubench.tasks.pretrained import Pretrained
 from mubench.tasks.text import RelationClassificationTask, TextClassificationTask
+from mubench.tasks.vision_language import VisualReasoningTask
 
-TASK_TYPES = [ImageClassificationTask, TextClassificationTask, RelationClassificationTask]
+TASK_TYPES = [ImageClassificationTask, TextClassificationTask, RelationClassificationTask, VisualReasoningTask]
 
 
 @hookimpl
