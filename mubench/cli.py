@@ -59,6 +59,8 @@ def build_parser() -> Parser:
 
     def common(p):
         p.add_argument("--include-path", action="append", default=[], metavar="DIR", help="extra folder of task cards")
+        p.add_argument("--data-dir", type=Path, metavar="DIR",
+                       help="a local copy of the task's dataset (save_to_disk folder or data files) instead of the hub")
         p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
         p.add_argument("--precision", default="auto", help="auto (bf16 on cuda), bf16 or fp32")
 
@@ -71,6 +73,12 @@ def build_parser() -> Parser:
     run.add_argument("--method-args", default="", metavar="K=V,...", help="override hyperparameters")
     run.add_argument("--time-budget", default="retrain", help="'retrain' (default), 'none' or seconds")
     run.add_argument("--output-path", type=Path, default=Path("results"), metavar="DIR")
+    run.add_argument("--peft", choices=["lora"], help="unlearn through LoRA adapters only (and the head)")
+    lora = run.add_mutually_exclusive_group()
+    lora.add_argument("--lora-rank", type=int, metavar="R", help="LoRA rank (default 8)")
+    lora.add_argument("--lora-fraction", type=float, metavar="F",
+                      help="pick the LoRA rank that trains this share of the parameters, e.g. 0.1")
+    run.add_argument("--lora-alpha", type=float, metavar="A", help="LoRA alpha (default: the rank)")
     common(run)
 
     train = sub.add_parser("train", help="train and cache a task's original model")
@@ -83,10 +91,24 @@ def build_parser() -> Parser:
     ls.add_argument("what", choices=["tasks", "methods", "models"])
     ls.add_argument("--task", help="only this task's models")
     ls.add_argument("--include-path", action="append", default=[], metavar="DIR")
+    ls.epilog = "models: parameter counts come from each model's config (no weights are loaded); unknown* when the config is neither cached nor reachable."
 
     validate = sub.add_parser("validate", help="check task cards (.yaml) or results (.json)")
     validate.add_argument("files", nargs="+", type=Path)
     return parser
+
+
+def lora_spec(args):
+    """The LoRA setting of ``run``'s arguments, or None without ``--peft``."""
+    from mubench.lora import LoraSpec
+
+    given = args.lora_rank is not None or args.lora_fraction is not None or args.lora_alpha is not None
+    if args.peft is None:
+        if given:
+            raise UserError("--lora-rank, --lora-fraction and --lora-alpha need --peft lora")
+        return None
+    rank = 8 if args.lora_rank is None and args.lora_fraction is None else args.lora_rank
+    return LoraSpec(rank=rank, fraction=args.lora_fraction, alpha=args.lora_alpha)
 
 
 def cmd_run(args) -> int:
@@ -96,7 +118,7 @@ def cmd_run(args) -> int:
     config = RunConfig(task=args.task, method=args.method, model=args.model, deletion_ratio=args.deletion_ratio,
                        seed=args.seed, method_args=parse_method_args(args.method_args), device=args.device,
                        precision=args.precision, time_budget=args.time_budget, output_path=args.output_path,
-                       include_paths=args.include_path)
+                       include_paths=args.include_path, data_dir=args.data_dir, lora=lora_spec(args))
     result, path = run(config)
     print(summary_table(result))
     print(f"result: {path}")
@@ -108,7 +130,7 @@ def cmd_train(args) -> int:
     from mubench.harness import Prepared
     from mubench.loop import resolve_device, resolve_precision
 
-    prepared = Prepared(Registry(args.include_path), args.task, args.model, None)
+    prepared = Prepared(Registry(args.include_path), args.task, args.model, None, args.data_dir)
     device = resolve_device(args.device)
     precision = resolve_precision(args.precision, device)
     prepared.load()
@@ -133,12 +155,33 @@ def cmd_list(args) -> int:
             print(f"{name:<16} {card.data['modality']:<10} {card.task_type:<22} models: {', '.join(card.models)}")
     else:
         names = [registry.card(args.task).name] if args.task else sorted(registry.card_paths)
+        print(f"{'task':<16} {'model':<26} {'parameters':>12}  {'architecture':<13} {'backbone':<52} original")
         for name in names:
             card = registry.card(name)
             for model, spec in card.models.items():
                 default = " (default)" if model == card.default_model else ""
-                print(f"{name:<16} {model + default:<20} {spec['architecture']:<20} original: {spec['original']}")
+                backbone = spec.get("params", {}).get("pretrained", "-")
+                print(f"{name:<16} {model + default:<26} {parameter_count(registry, card, model):>12}  "
+                      f"{spec['architecture']:<13} {backbone:<52} {spec['original']}")
     return 0
+
+
+def parameter_count(registry, card, model: str) -> str:
+    """The family's parameter count with the task's head (e.g. ``86.4M``), or why it is unknown."""
+    from mubench.data import load_splits
+    from mubench.originals import Family
+
+    task = registry.task_type(card)
+    _, spec = card.model(model)
+    family = Family(model, spec, registry.architecture(card, spec["architecture"]), task)
+    try:
+        if "loader" in card.dataset:  # built-in data is local and small: read it for the exact head
+            task.prepare(load_splits(card, registry.dataset_loaders)["train"])
+        count = family.count_parameters()
+    except UserError as e:
+        log.debug("%s/%s: %s", card.name, model, e)
+        return "unknown*"
+    return f"{count / 1e6:.1f}M" if count >= 1e5 else f"{count:,}"
 
 
 def cmd_validate(args) -> int:
@@ -165,8 +208,10 @@ COMMANDS = {"run": cmd_run, "train": cmd_train, "list": cmd_list, "validate": cm
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s mubench: %(message)s", datefmt="%H:%M:%S")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s mubench: %(message)s", datefmt="%H:%M:%S"))
+    log.addHandler(handler)  # mubench's own messages; libraries keep their own logging
+    log.setLevel(logging.WARNING if args.quiet else logging.INFO)
     try:
         return COMMANDS[args.command](args)
     except UserError as e:

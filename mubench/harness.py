@@ -81,6 +81,8 @@ class Prepared:
         if self.ratio not in self.card.ratios:
             raise UserError(f"deletion ratio {self.ratio} is not one of task '{self.card.name}''s ratios: "
                             f"{', '.join(f'{r:g}' for r in self.card.ratios)}")
+        if data_dir is not None and not Path(data_dir).is_dir():
+            raise UserError(f"--data-dir {data_dir}: no such folder")
         self.registry, self.data_dir = registry, data_dir
 
     def load(self) -> None:

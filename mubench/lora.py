@@ -89,6 +89,12 @@ def apply_lora(model: nn.Module, spec: LoraSpec) -> tuple[nn.Module, dict]:
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=spec.dropout, target_modules=targets,
                         modules_to_save=heads or None)
     adapted = get_peft_model(model, config)
+    for module in adapted.modules():  # peft's conv wrapper hides the geometry that TF-padding convs read
+        base = getattr(module, "base_layer", None)
+        if isinstance(base, nn.Conv2d):
+            for attr in ("stride", "padding", "dilation", "kernel_size"):
+                if not hasattr(module, attr):
+                    setattr(module, attr, getattr(base, attr))
     trainable = sum(p.numel() for p in adapted.parameters() if p.requires_grad)
     record = {"method": "lora", "rank": rank, "alpha": alpha, "dropout": spec.dropout,
               "target_modules": sorted({t.rsplit(".", 1)[-1] for t in targets}), "n_adapted": len(targets),

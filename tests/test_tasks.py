@@ -1,0 +1,145 @@
+"""The MU-Bench discriminative tasks end to end, offline: datasets in the real hub schemas,
+tiny randomly initialised models of the real transformers classes at the real repo ids
+(tests/fixtures), and the same loading code a user with network runs."""
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from fixtures import images, nlvr2, text
+from tests_support import REPO
+
+FIXTURES = {
+    "cifar100": (images.cifar100, images.publish_models),
+    "imdb": (text.imdb, text.publish_models),
+    "ddi2013": (text.ddi, text.publish_models),
+    "nlvr2": (nlvr2.nlvr2, nlvr2.publish_models),
+}
+METHODS = ["original", "retrain", "neggrad", "randlabel", "badt", "scrub", "salun"]
+
+
+def families(task):
+    card = yaml.safe_load((REPO / "tasks" / task / f"{task}.yaml").read_text())
+    return [(task, family) for family in card["models"]]
+
+
+@pytest.fixture(scope="session")
+def task_data(tmp_path_factory):
+    """Build a task's fixture dataset and publish its tiny models once; returns the data folder."""
+    built = {}
+
+    def get(task):
+        if task not in built:
+            root = tmp_path_factory.mktemp(task)
+            make, publish = FIXTURES[task]
+            built[task] = make(root / "data")
+            publish(task, root / "scratch")
+        return built[task]
+
+    return get
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("task", FIXTURES)
+def test_every_method_runs_on_every_task(task, method, task_data, registry, tmp_path):
+    from mubench.harness import RunConfig, run
+    from mubench.results import load_result, validate_result
+
+    result, path = run(RunConfig(task=task, method=method, data_dir=task_data(task), output_path=tmp_path), registry)
+    validate_result(load_result(path), path)
+    assert (result["task"], result["method"]) == (task, method)
+    assert result["split"]["n_forget"] >= 1 and result["model_info"]["trainable_fraction"] == 1.0
+    original, unlearned = result["results"]["original"], result["results"]["unlearned"]
+    if method == "original":
+        assert unlearned == original and result["unlearning"]["steps"] == 0
+    else:
+        assert result["unlearning"]["steps"] > 0
+
+
+@pytest.mark.parametrize(("task", "family"), [f for task in FIXTURES for f in families(task)])
+def test_every_family_loads_counts_feeds_and_adapts(task, family, task_data, registry):
+    """Each family's real class loads from its hub id, is counted without weights, eats a batch, takes LoRA."""
+    from mubench.harness import Prepared
+    from mubench.lora import LoraSpec, apply_lora
+
+    prepared = Prepared(registry, task, family, 0.05, task_data(task))
+    prepared.load()
+    model = prepared.family.build()
+    assert prepared.family.count_parameters() == sum(p.numel() for p in model.parameters())
+    batch = next(iter(prepared.context(model, 0, __import__("torch").device("cpu"), "fp32").data.loader("train", 4)))
+    logits = prepared.task.forward(model, batch.inputs)
+    assert logits.shape == (4, len(prepared.task.label_names))
+    adapted, record = apply_lora(model, LoraSpec(fraction=0.5))
+    assert 0 < record["trainable_fraction"] <= 0.5 and record["n_adapted"] > 0
+    assert prepared.task.forward(adapted, batch.inputs).shape == logits.shape
+
+
+@pytest.mark.parametrize("task", FIXTURES)
+def test_a_second_load_reads_the_preprocessing_cache(task, task_data, registry, monkeypatch):
+    from mubench.harness import Prepared
+
+    first = Prepared(registry, task, None, 0.05, task_data(task))
+    first.load()
+
+    def no_preprocessing(self, batch):
+        raise AssertionError("preprocessed again")
+
+    monkeypatch.setattr(type(first.task), "preprocess", no_preprocessing)
+    second = Prepared(registry, task, None, 0.05, task_data(task))
+    second.load()
+    assert len(second.train) == len(first.train)
+    items = second.train.__getitems__([0, 1])
+    assert {k: [np.asarray(v).tolist() for v in vs] for k, vs in items.items()} == \
+           {k: [np.asarray(v).tolist() for v in vs] for k, vs in first.train.__getitems__([0, 1]).items()}
+
+
+def test_lora_run_from_the_cli_records_the_trainable_fraction(task_data, cli, tmp_path):
+    task_data("ddi2013")
+    done = cli("run", "--task", "ddi2013", "--method", "randlabel", "--data-dir", task_data("ddi2013"),
+               "--peft", "lora", "--lora-fraction", "0.3", "--output-path", tmp_path)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(next(tmp_path.glob("*.json")).read_text())
+    peft = result["config"]["peft"]
+    assert peft["method"] == "lora" and peft["target_modules"] == ["query", "value"]
+    assert 0 < peft["trainable_fraction"] <= 0.3 and result["model_info"]["trainable_fraction"] == peft["trainable_fraction"]
+
+
+def test_lora_needs_a_rank_or_a_fraction_that_fits(task_data, cli, tmp_path):
+    done = cli("run", "--task", "imdb", "--method", "neggrad", "--data-dir", task_data("imdb"),
+               "--peft", "lora", "--lora-fraction", "0.0001", "--output-path", tmp_path)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1
+    assert "the smallest LoRA on this model" in done.stderr and not list(tmp_path.glob("*.json"))
+
+
+def test_list_models_shows_parameter_counts_from_the_configs(task_data, cli):
+    task_data("cifar100")
+    done = cli("list", "models", "--task", "cifar100")
+    assert done.returncode == 0, done.stderr
+    rows = {line.split()[1]: line for line in done.stdout.splitlines()[1:]}
+    assert set(rows) == {family for _, family in families("cifar100")}
+    assert "unknown" not in done.stdout and "google/vit-base-patch16-224" in rows["vit-base"]
+
+
+def test_drug_mentions_are_marked_once_each():
+    from mubench.tasks.text import RelationClassificationTask, mark
+
+    markers = RelationClassificationTask.markers
+    assert mark("aspirin raises warfarin levels", "aspirin", "warfarin", markers) == \
+        "<< aspirin >> raises [[ warfarin ]] levels"
+    assert mark("the drug and the drug", "drug", "drug", markers) == "the << drug >> and the [[ drug ]]"
+
+
+def test_labels_outside_the_card_merge_into_its_other_label(registry):
+    import datasets
+
+    from mubench.api.card import TaskCard
+
+    card = registry.card("imdb")
+    data = card.data | {"dataset": card.dataset | {"labels": ["neg", "other"], "other_label": "other", "num_labels": 2}}
+    task = registry.task_types["text_classification"](TaskCard(card.path, data))
+    train = datasets.Dataset.from_dict({"text": ["a", "b", "c"], "label": [0, 1, 2]},
+                                       features=datasets.Features({"text": datasets.Value("string"),
+                                                                   "label": datasets.ClassLabel(names=["neg", "pos", "mixed"])}))
+    task.prepare(train)
+    assert task.targets([0, 1, 2]).tolist() == [0, 1, 1]
