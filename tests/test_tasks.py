@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import yaml
 
-from fixtures import images, nlvr2, text
+from fixtures import images, nlvr2, text, video
 from tests_support import REPO
 
 FIXTURES = {
@@ -15,6 +15,7 @@ FIXTURES = {
     "imdb": (text.imdb, text.publish_models),
     "ddi2013": (text.ddi, text.publish_models),
     "nlvr2": (nlvr2.nlvr2, nlvr2.publish_models),
+    "ucf101": (video.ucf101, video.publish_models),
 }
 METHODS = ["original", "retrain", "neggrad", "randlabel", "badt", "scrub", "salun"]
 
@@ -34,7 +35,7 @@ def task_data(tmp_path_factory):
             root = tmp_path_factory.mktemp(task)
             make, publish = FIXTURES[task]
             built[task] = make(root / "data")
-            publish(task, root / "scratch")
+            publish(task)
         return built[task]
 
     return get
