@@ -68,8 +68,9 @@ def real_size_setup(root: Path) -> dict:
     words = text.vocabulary()[5:]
     reviews = [" ".join(rng.choice(words, 600)) for _ in range(512)]
     features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=["neg", "pos"])})
-    imdb = datasets.DatasetDict({split: datasets.Dataset.from_dict({"text": reviews[:n], "label": [i % 2 for i in range(n)]}, features=features)
-                                 for split, n in (("train", 512), ("test", 32))})
+    imdb = datasets.DatasetDict({
+        split: datasets.Dataset.from_dict({"text": reviews[:n], "label": [i % 2 for i in range(n)]}, features=features)
+        for split, n in (("train", 512), ("test", 32))})
     imdb.save_to_disk(root / "imdb")
     return {"imdb": root / "imdb", "cifar100": images.cifar100(root / "cifar100", n_train=768, n_test=48)}
 
@@ -91,8 +92,11 @@ def plain_batches(prepared, task: str, batch_size: int, device):
     forget[torch.as_tensor(prepared.forget)] = True
     if task == "imdb":
         ids = examples["input_ids"]
-        return lambda rows: {"input_ids": pad([ids[i] for i in rows], 0),
-                             "attention_mask": pad([np.ones(len(ids[i]), np.int64) for i in rows], 0)}, labels, forget
+        def inputs_of(rows):
+            chosen = [ids[i] for i in rows.tolist()]
+            return {"input_ids": pad(chosen, 0), "attention_mask": pad([np.ones(len(x), np.int64) for x in chosen], 0)}
+
+        return inputs_of, labels, forget
     values = pixels(torch.from_numpy(np.stack(examples["pixel_values"])), prepared.task.processor)
     return lambda rows: {"pixel_values": values[rows]}, labels, forget
 

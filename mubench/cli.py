@@ -91,7 +91,8 @@ def build_parser() -> Parser:
     ls.add_argument("what", choices=["tasks", "methods", "models"])
     ls.add_argument("--task", help="only this task's models")
     ls.add_argument("--include-path", action="append", default=[], metavar="DIR")
-    ls.epilog = "models: parameter counts come from each model's config (no weights are loaded); unknown* when the config is neither cached nor reachable."
+    ls.epilog = ("models: parameter counts come from each model's config (no weights are loaded); "
+                 "unknown* when the config is neither cached nor reachable.")
 
     validate = sub.add_parser("validate", help="check task cards (.yaml) or results (.json)")
     validate.add_argument("files", nargs="+", type=Path)

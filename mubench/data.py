@@ -78,8 +78,9 @@ def preprocessed(task, split, role: str, data_sha256: str, card_name: str):
     if not path.is_file():
         log.info("preprocessing %s split of %s (%d examples); cached at %s", role, card_name, len(split), folder)
     folder.mkdir(parents=True, exist_ok=True)
-    return undecoded(split).map(lambda batch: storable(task.preprocess(batch)), batched=True, batch_size=64, remove_columns=split.column_names,
-                     cache_file_name=str(path), load_from_cache_file=True, desc=f"preprocess {role}")
+    return undecoded(split).map(lambda batch: storable(task.preprocess(batch)), batched=True, batch_size=64,
+                                remove_columns=split.column_names, cache_file_name=str(path),
+                                load_from_cache_file=True, desc=f"preprocess {role}")
 
 
 def undecoded(split):

@@ -19,8 +19,8 @@ from mubench.api.registry import Registry
 from mubench.data import UnlearningData, fingerprint, load_splits, preprocessed
 from mubench.errors import UserError
 from mubench.files import ensure_writable, write_json
-from mubench.lora import LoraSpec, apply_lora
 from mubench.loop import Budget, evaluate, resolve_device, resolve_precision
+from mubench.lora import LoraSpec, apply_lora
 from mubench.originals import Family, resolve_original
 from mubench.results import SCHEMA_VERSION, environment, finite, result_filename, validate_result
 from mubench.splits import forget_indices, indices_sha256

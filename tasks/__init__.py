@@ -3,13 +3,16 @@ from pathlib import Path
 
 from mubench.api import hookimpl
 from mubench.tasks.architectures import small_cnn
+from mubench.tasks.audio import AudioClassificationTask
 from mubench.tasks.classification import ImageClassificationTask
 from mubench.tasks.digits import load_digits
 from mubench.tasks.pretrained import Pretrained
 from mubench.tasks.text import RelationClassificationTask, TextClassificationTask
+from mubench.tasks.video import VideoClassificationTask
 from mubench.tasks.vision_language import VisualReasoningTask
 
-TASK_TYPES = [ImageClassificationTask, TextClassificationTask, RelationClassificationTask, VisualReasoningTask]
+TASK_TYPES = [ImageClassificationTask, TextClassificationTask, RelationClassificationTask, VisualReasoningTask,
+              AudioClassificationTask, VideoClassificationTask]
 
 
 @hookimpl

@@ -3,11 +3,11 @@ import datasets
 import numpy as np
 import pytest
 import yaml
+from tests_support import digits_card_dict
 
+from mubench.api.card import load_card
 from mubench.data import fingerprint, load_splits
 from mubench.errors import UserError
-from mubench.api.card import load_card
-from tests_support import digits_card_dict
 
 
 @pytest.fixture(scope="module")

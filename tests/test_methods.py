@@ -149,11 +149,12 @@ def test_card_overrides_layer_over_method_defaults(registry):
 
 
 def test_a_method_that_cannot_apply_says_so_before_it_starts(registry, tmp_path):
+    import yaml
+    from tests_support import digits_card_dict
+
     from mubench.api import TaskType, hookimpl
     from mubench.api.registry import Registry
     from mubench.harness import RunConfig, run
-    from tests_support import digits_card_dict
-    import yaml
 
     class Scoring(TaskType):  # a task type with no notion of a wrong target
         name = "scoring"

@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from tests_support import REPO, digits_card_dict
 
 from mubench import originals
 from mubench.errors import UserError
 from mubench.harness import Prepared
-from tests_support import REPO, digits_card_dict
 
 CPU = torch.device("cpu")
 

@@ -6,8 +6,7 @@ import json
 import numpy as np
 import pytest
 import yaml
-
-from fixtures import images, nlvr2, text, video
+from fixtures import images, nlvr2, speech, text, video
 from tests_support import REPO
 
 FIXTURES = {
@@ -15,6 +14,7 @@ FIXTURES = {
     "imdb": (text.imdb, text.publish_models),
     "ddi2013": (text.ddi, text.publish_models),
     "nlvr2": (nlvr2.nlvr2, nlvr2.publish_models),
+    "speech_commands": (speech.speech_commands, speech.publish_models),
     "ucf101": (video.ucf101, video.publish_models),
 }
 METHODS = ["original", "retrain", "neggrad", "randlabel", "badt", "scrub", "salun"]

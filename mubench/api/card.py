@@ -151,7 +151,8 @@ def load_card(path: str | Path) -> TaskCard:
     if ("loader" in dataset) == ("path" in dataset):
         raise UserError(f"{path}: key 'dataset': expected exactly one of 'loader' (built-in) or 'path' (Hugging Face datasets)")
     if "default_model" in data and data["default_model"] not in data["models"]:
-        raise UserError(f"{path}: key 'default_model': expected one of the card's models ({', '.join(data['models'])}), got '{data['default_model']}'")
+        raise UserError(f"{path}: key 'default_model': expected one of the card's models "
+                        f"({', '.join(data['models'])}), got '{data['default_model']}'")
     deletion = data["deletion"]
     if "default_ratio" in deletion and deletion["default_ratio"] not in deletion["ratios"]:
         raise UserError(f"{path}: key 'deletion.default_ratio': expected one of deletion.ratios, got {deletion['default_ratio']}")
