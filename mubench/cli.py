@@ -168,7 +168,7 @@ def cmd_list(args) -> int:
 
 
 def parameter_count(registry, card, model: str) -> str:
-    """The family's parameter count with the task's head (e.g. ``86.4M``), or why it is unknown."""
+    """The family's parameter count with the task's head (e.g. ``86.4M``), or ``unknown*``."""
     from mubench.data import load_splits
     from mubench.originals import Family
 
@@ -182,7 +182,10 @@ def parameter_count(registry, card, model: str) -> str:
     except UserError as e:
         log.debug("%s/%s: %s", card.name, model, e)
         return "unknown*"
-    return f"{count / 1e6:.1f}M" if count >= 1e5 else f"{count:,}"
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if count >= size:
+            return f"{count / size:.1f}{unit}"
+    return str(count)
 
 
 def cmd_validate(args) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -69,6 +70,8 @@ def preprocessed(task, split, role: str, data_sha256: str, card_name: str):
     (the processor and its settings), so a second run reads Arrow files instead of
     decoding or tokenizing again.
     """
+    import datasets
+
     from mubench.api.task import storable
     from mubench.files import mubench_home
 
@@ -78,9 +81,16 @@ def preprocessed(task, split, role: str, data_sha256: str, card_name: str):
     if not path.is_file():
         log.info("preprocessing %s split of %s (%d examples); cached at %s", role, card_name, len(split), folder)
     folder.mkdir(parents=True, exist_ok=True)
-    return undecoded(split).map(lambda batch: storable(task.preprocess(batch)), batched=True, batch_size=64,
-                                remove_columns=split.column_names, cache_file_name=str(path),
-                                load_from_cache_file=True, desc=f"preprocess {role}")
+    bars = not datasets.are_progress_bars_disabled()
+    if not sys.stderr.isatty():  # as mubench's own bars: shown on a terminal only
+        datasets.disable_progress_bars()
+    try:
+        return undecoded(split).map(lambda batch: storable(task.preprocess(batch)), batched=True, batch_size=64,
+                                    remove_columns=split.column_names, cache_file_name=str(path),
+                                    load_from_cache_file=True, desc=f"preprocess {role}")
+    finally:
+        if bars:
+            datasets.enable_progress_bars()
 
 
 def undecoded(split):

@@ -48,6 +48,10 @@ def mubench_architectures():
 
     Returns a mapping of name to a callable ``(task_type, **params) -> (nn.Module)`` that
     builds a randomly initialised (or pretrained, if its params say so) model for the task.
+    The callable may also offer ``load_original(task_type, source, **params)``, to read a
+    published fine-tuned original in its own format (a card's ``original:`` that is not
+    ``train``), and ``count_parameters(task_type, **params)``, to size the model without
+    its weights (``mubench list models``).
     """
 
 

@@ -47,11 +47,13 @@ def test_train_then_list(cli):
     assert done.returncode == 0, done.stderr
     assert "test_acc" in done.stdout
     models = cli("list", "models", "--task", "digits")
-    assert "cnn (default)" in models.stdout and "small_cnn" in models.stdout and "original: train" in models.stdout
+    header, row = models.stdout.splitlines()
+    assert header.split() == ["task", "model", "parameters", "architecture", "backbone", "original"]
+    assert row.split() == ["digits", "cnn", "(default)", "151.3K", "small_cnn", "-", "train"]
 
 
 @pytest.mark.parametrize("args, fragments", [
-    (["run", "--task", "digts", "--method", "salun"], ["unknown task 'digts'", "Did you mean 'digits'?", "Known: digits"]),
+    (["run", "--task", "digts", "--method", "salun"], ["unknown task 'digts'", "Did you mean 'digits'?", "Known: cifar100, ddi2013, digits, imdb"]),
     (["run", "--task", "digits", "--method", "salunn"], ["unknown method 'salunn'", "Did you mean 'salun'?", "neggrad"]),
     (["run", "--task", "digits", "--method", "salun", "--model", "resnet"], ["unknown model for task 'digits' 'resnet'", "Known: cnn"]),
     (["run", "--task", "digits", "--method", "salun", "--deletion-ratio", "5"], ["--deletion-ratio", "strictly between 0 and 1"]),

@@ -58,7 +58,8 @@ def test_leaderboard_results_are_valid_and_deleted_the_published_samples(registr
         if "loader" not in card.dataset:  # hub data: not reachable offline
             continue
         train = load_splits(card, registry.dataset_loaders)["train"]
-        forget = forget_indices(len(train), registry.task_type(card).strata(train), result["config"]["deletion_ratio"],
-                                card.split_seed)
+        task = registry.task_type(card)
+        task.prepare(train)
+        forget = forget_indices(len(train), task.strata(train), result["config"]["deletion_ratio"], card.split_seed)
         assert result["split"]["forget_sha256"] == indices_sha256(forget), path
         assert result["task_card"]["sha256"] == card.sha256, f"{path} was made with another version of the card"

@@ -65,6 +65,7 @@ def test_digits_deletion_set_is_stable_across_machines(registry):
     card = registry.card("digits")
     task = registry.task_type(card)
     train = load_splits(card, registry.dataset_loaders)["train"]
+    task.prepare(train)
     forget = forget_indices(len(train), task.strata(train), 0.05, card.split_seed)
     assert len(forget) == 72
     assert indices_sha256(forget) == DIGITS_5PCT_SHA256

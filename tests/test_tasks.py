@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from fixtures import images, nlvr2, speech, text, video
 from tests_support import REPO
@@ -68,7 +69,7 @@ def test_every_family_loads_counts_feeds_and_adapts(task, family, task_data, reg
     prepared.load()
     model = prepared.family.build()
     assert prepared.family.count_parameters() == sum(p.numel() for p in model.parameters())
-    batch = next(iter(prepared.context(model, 0, __import__("torch").device("cpu"), "fp32").data.loader("train", 4)))
+    batch = next(iter(prepared.context(model, 0, torch.device("cpu"), "fp32").data.loader("train", 4)))
     logits = prepared.task.forward(model, batch.inputs)
     assert logits.shape == (4, len(prepared.task.label_names))
     adapted, record = apply_lora(model, LoraSpec(fraction=0.5))
@@ -107,7 +108,7 @@ def test_lora_run_from_the_cli_records_the_trainable_fraction(task_data, cli, tm
 
 
 def test_lora_needs_a_rank_or_a_fraction_that_fits(task_data, cli, tmp_path):
-    done = cli("run", "--task", "imdb", "--method", "neggrad", "--data-dir", task_data("imdb"),
+    done = cli("-q", "run", "--task", "imdb", "--method", "neggrad", "--data-dir", task_data("imdb"),
                "--peft", "lora", "--lora-fraction", "0.0001", "--output-path", tmp_path)
     assert done.returncode == 2 and done.stderr.count("\n") == 1
     assert "the smallest LoRA on this model" in done.stderr and not list(tmp_path.glob("*.json"))
