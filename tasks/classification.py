@@ -6,6 +6,7 @@ The label set comes from the dataset's ``ClassLabel`` names, or from the card's
 """
 from __future__ import annotations
 
+import functools
 from typing import ClassVar
 
 import numpy as np
@@ -129,13 +130,19 @@ def pixels(values: torch.Tensor, processor) -> torch.Tensor:
     """uint8 pixels as the processor's normalised floats (done on the device, after the transfer)."""
     if values.dtype != torch.uint8:
         return values
-    x = values.float() * float(getattr(processor, "rescale_factor", 1 / 255))
+    scale, shift = affine(processor, values.device)
+    return torch.addcmul(shift, values.float(), scale)
+
+
+@functools.cache
+def affine(processor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel ``scale`` and ``shift`` with ``x·scale + shift == (x·rescale − mean) / std``."""
+    rescale = float(getattr(processor, "rescale_factor", 1 / 255))
+    mean, std = [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]
     if getattr(processor, "do_normalize", True) and getattr(processor, "image_mean", None) is not None:
-        shape = (-1, 1, 1)
-        mean = torch.tensor(processor.image_mean, device=x.device).view(shape)
-        std = torch.tensor(processor.image_std, device=x.device).view(shape)
-        x = (x - mean) / std
-    return x
+        mean, std = processor.image_mean, processor.image_std
+    mean, std = torch.tensor(mean, device=device).view(-1, 1, 1), torch.tensor(std, device=device).view(-1, 1, 1)
+    return rescale / std, -mean / std
 
 
 def resized_uint8(processor, images, **kwargs) -> np.ndarray:

@@ -21,9 +21,13 @@ FIXTURES = {
 METHODS = ["original", "retrain", "neggrad", "randlabel", "badt", "scrub", "salun"]
 
 
+def card_models(task) -> dict:
+    """A built-in card's model families (read at collection time, before any registry exists)."""
+    return yaml.safe_load((REPO / "tasks" / task / f"{task}.yaml").read_text())["models"]
+
+
 def families(task):
-    card = yaml.safe_load((REPO / "tasks" / task / f"{task}.yaml").read_text())
-    return [(task, family) for family in card["models"]]
+    return [(task, family) for family in card_models(task)]
 
 
 @pytest.fixture(scope="session")
@@ -145,3 +149,17 @@ def test_labels_outside_the_card_merge_into_its_other_label(registry):
                                                                    "label": datasets.ClassLabel(names=["neg", "pos", "mixed"])}))
     task.prepare(train)
     assert task.targets([0, 1, 2]).tolist() == [0, 1, 1]
+
+
+@pytest.mark.parametrize("family", ["vit-base", "resnet-18", "mobilenet-v2"])
+def test_cached_uint8_pixels_normalise_to_what_the_processor_gives(family):
+    """Resizing is cached as uint8 and normalising deferred to the device; together they are the processor."""
+    from PIL import Image
+
+    from mubench.tasks.classification import pixels, resized_uint8
+
+    _, processor = images.tiny_model(card_models("cifar100")[family]["params"]["pretrained"])
+    rng = np.random.default_rng(0)
+    batch = [Image.fromarray(rng.integers(0, 256, (40, 36, 3), dtype=np.uint8)) for _ in range(3)]
+    expected = processor(batch, return_tensors="pt")["pixel_values"]
+    assert torch.allclose(pixels(torch.from_numpy(resized_uint8(processor, batch)), processor), expected, atol=1e-5)
