@@ -1,6 +1,8 @@
 """Shared fixtures: an offline hub, a session-wide model cache, and helpers to run mubench."""
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -12,6 +14,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 # Tiny models are published here under their real hub ids (tests/fixtures/hub.py); set before
 # huggingface_hub is imported, which reads it once.
 os.environ["HF_HUB_CACHE"] = tempfile.mkdtemp(prefix="mubench-hf-hub-")
+atexit.register(shutil.rmtree, os.environ["HF_HUB_CACHE"], ignore_errors=True)
 REPO = Path(__file__).resolve().parents[1]
 
 
