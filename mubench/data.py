@@ -33,8 +33,6 @@ def load_splits(card: TaskCard, loaders: dict, data_dir: str | Path | None = Non
 
     spec = dict(card.dataset)
     if data_dir is not None:
-        if not Path(data_dir).is_dir():
-            raise UserError(f"--data-dir {data_dir}: no such folder")
         spec.pop("loader", None)
         spec.update(path=str(data_dir), name=None, data_dir=None)
     if "loader" in spec:

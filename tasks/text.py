@@ -17,6 +17,21 @@ def pad(items: list, value: int) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
+def tokens(tokenizer, texts: list[str], max_length: int) -> dict[str, list]:
+    """Token ids (and token type ids, where the tokenizer makes them) per text, truncated, unpadded."""
+    encoded = tokenizer(texts, truncation=True, max_length=max_length)
+    return {key: [np.asarray(x, dtype=np.int32) for x in encoded[key]] for key in ("input_ids", "token_type_ids") if key in encoded}
+
+
+def padded_tokens(items: dict, pad_id: int) -> dict[str, torch.Tensor]:
+    """A batch's token ids padded to its longest text, with the attention mask (and token type ids)."""
+    ids = items["input_ids"]
+    batch = {"input_ids": pad(ids, pad_id), "attention_mask": pad([np.ones(len(x), np.int64) for x in ids], 0)}
+    if "token_type_ids" in items:
+        batch["token_type_ids"] = pad(items["token_type_ids"], 0)
+    return batch
+
+
 class TextClassificationTask(ClassificationTask):
     """Text (column role ``text``) to class labels, tokenized by the family's tokenizer.
 
@@ -34,18 +49,10 @@ class TextClassificationTask(ClassificationTask):
 
     def preprocess(self, batch):
         max_length = self.card.dataset.get("options", {}).get("max_length", 512)
-        encoded = self.processor(self.texts(batch), truncation=True, max_length=max_length)
-        out = {key: [np.asarray(x, dtype=np.int32) for x in encoded[key]] for key in ("input_ids", "token_type_ids") if key in encoded}
-        return out | {"labels": self.targets(batch[self.column("label")])}
+        return tokens(self.processor, self.texts(batch), max_length) | {"labels": self.targets(batch[self.column("label")])}
 
     def collate(self, items):
-        ids = items["input_ids"]
-        batch = {"input_ids": pad(ids, self.processor.pad_token_id or 0),
-                 "attention_mask": pad([np.ones(len(x), np.int64) for x in ids], 0),
-                 "labels": stack(items["labels"])}
-        if "token_type_ids" in items:
-            batch["token_type_ids"] = pad(items["token_type_ids"], 0)
-        return batch
+        return padded_tokens(items, self.processor.pad_token_id or 0) | {"labels": stack(items["labels"])}
 
     def forward(self, model, inputs):
         return model(**{k: inputs[k] for k in MODEL_INPUTS if k in inputs}).logits

@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 from mubench.tasks.classification import ClassificationTask, pixels, stack
-from mubench.tasks.text import MODEL_INPUTS, pad
+from mubench.tasks.text import MODEL_INPUTS, padded_tokens, tokens
 
 IMAGES = ("image1", "image2")
 
@@ -26,8 +26,7 @@ class VisualReasoningTask(ClassificationTask):
 
     def preprocess(self, batch):
         max_length = self.card.dataset.get("options", {}).get("max_length", 40)
-        encoded = self.processor.tokenizer(list(batch[self.column("text")]), truncation=True, max_length=max_length)
-        out = {key: [np.asarray(x, dtype=np.int32) for x in encoded[key]] for key in ("input_ids", "token_type_ids") if key in encoded}
+        out = tokens(self.processor.tokenizer, list(batch[self.column("text")]), max_length)
         for role in IMAGES:
             images = [image.convert("RGB") for image in batch[self.column(role)]]
             resized = self.processor.image_processor(images, do_rescale=False, do_normalize=False, do_pad=False)["pixel_values"]
@@ -35,7 +34,6 @@ class VisualReasoningTask(ClassificationTask):
         return out | {"labels": self.targets(batch[self.column("label")])}
 
     def collate(self, items):
-        ids = items["input_ids"]
         pairs = list(zip(*(items[role] for role in IMAGES)))
         height = max(image.shape[1] for pair in pairs for image in pair)
         width = max(image.shape[2] for pair in pairs for image in pair)
@@ -45,13 +43,8 @@ class VisualReasoningTask(ClassificationTask):
             for j, image in enumerate(pair):
                 values[i, j, :, :image.shape[1], :image.shape[2]] = image
                 mask[i, j, :image.shape[1], :image.shape[2]] = 1
-        batch = {"input_ids": pad(ids, self.processor.tokenizer.pad_token_id or 0),
-                 "attention_mask": pad([np.ones(len(x), np.int64) for x in ids], 0),
-                 "pixel_values": torch.from_numpy(values), "pixel_mask": torch.from_numpy(mask),
-                 "labels": stack(items["labels"])}
-        if "token_type_ids" in items:
-            batch["token_type_ids"] = pad(items["token_type_ids"], 0)
-        return batch
+        return padded_tokens(items, self.processor.tokenizer.pad_token_id or 0) | {
+            "pixel_values": torch.from_numpy(values), "pixel_mask": torch.from_numpy(mask), "labels": stack(items["labels"])}
 
     def forward(self, model, inputs):
         mask = inputs["pixel_mask"]
