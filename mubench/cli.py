@@ -1,4 +1,4 @@
-"""The ``mubench`` command: ``run``, ``train``, ``list`` and ``validate``.
+"""The ``mubench`` command: ``run``, ``train``, ``list``, ``data`` and ``validate``.
 
 Errors in what the user gave are one line on stderr and exit code 2; nothing is
 written when a run fails.
@@ -63,6 +63,8 @@ def build_parser() -> Parser:
                        help="a local copy of the task's dataset (save_to_disk folder or data files) instead of the hub")
         p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
         p.add_argument("--precision", default="auto", help="auto (bf16 on cuda), bf16 or fp32")
+        p.add_argument("--original", metavar="SOURCE",
+                       help="θ₀ instead of the card's: 'train' (trained here and cached), a checkpoint or a hub id")
 
     run = sub.add_parser("run", help="unlearn with a method on a task and write a result JSON")
     run.add_argument("--task", required=True)
@@ -94,6 +96,12 @@ def build_parser() -> Parser:
     ls.epilog = ("models: parameter counts come from each model's config (no weights are loaded); "
                  "unknown* when the config is neither cached nor reachable.")
 
+    data = sub.add_parser("data", help="load a task's dataset and check it against its card")
+    data.add_argument("task")
+    data.add_argument("--examples", type=int, default=2, metavar="N", help="decoded training examples to show (default 2)")
+    data.add_argument("--include-path", action="append", default=[], metavar="DIR")
+    data.add_argument("--data-dir", type=Path, metavar="DIR", help="a local copy of the dataset instead of the card's source")
+
     validate = sub.add_parser("validate", help="check task cards (.yaml) or results (.json)")
     validate.add_argument("files", nargs="+", type=Path)
     return parser
@@ -119,7 +127,8 @@ def cmd_run(args) -> int:
     config = RunConfig(task=args.task, method=args.method, model=args.model, deletion_ratio=args.deletion_ratio,
                        seed=args.seed, method_args=parse_method_args(args.method_args), device=args.device,
                        precision=args.precision, time_budget=args.time_budget, output_path=args.output_path,
-                       include_paths=args.include_path, data_dir=args.data_dir, lora=lora_spec(args))
+                       include_paths=args.include_path, data_dir=args.data_dir, lora=lora_spec(args),
+                       original=args.original)
     result, path = run(config)
     print(summary_table(result))
     print(f"result: {path}")
@@ -131,7 +140,7 @@ def cmd_train(args) -> int:
     from mubench.harness import Prepared
     from mubench.loop import resolve_device, resolve_precision
 
-    prepared = Prepared(Registry(args.include_path), args.task, args.model, None, args.data_dir)
+    prepared = Prepared(Registry(args.include_path), args.task, args.model, None, args.data_dir, args.original)
     device = resolve_device(args.device)
     precision = resolve_precision(args.precision, device)
     prepared.load()
@@ -188,6 +197,17 @@ def parameter_count(registry, card, model: str) -> str:
     return str(count)
 
 
+def cmd_data(args) -> int:
+    from mubench.api.registry import Registry
+    from mubench.datacheck import check_task_data
+
+    report = check_task_data(Registry(args.include_path), args.task, args.data_dir, args.examples)
+    print(report.text)
+    for problem in report.problems:
+        print(f"mubench: problem: {problem}", file=sys.stderr)
+    return 1 if report.problems else 0
+
+
 def cmd_validate(args) -> int:
     from mubench.api.card import load_card
     from mubench.results import load_result, validate_result
@@ -207,7 +227,7 @@ def cmd_validate(args) -> int:
     return 1 if failed else 0
 
 
-COMMANDS = {"run": cmd_run, "train": cmd_train, "list": cmd_list, "validate": cmd_validate}
+COMMANDS = {"run": cmd_run, "train": cmd_train, "list": cmd_list, "data": cmd_data, "validate": cmd_validate}
 
 
 def main(argv=None) -> int:

@@ -5,7 +5,7 @@ import hashlib
 import json
 import logging
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,41 +21,122 @@ if TYPE_CHECKING:
 log = logging.getLogger("mubench")
 
 
-def load_splits(card: TaskCard, loaders: dict, data_dir: str | Path | None = None):
+@dataclass
+class DatasetReport:
+    """What loading a card's dataset found: the source's split sizes, problems and notes.
+
+    A problem means the data does not have the schema the card describes (a missing
+    split or column, a feature of another type, labels that do not fit); a note is a
+    difference that does not stop a run (a split of another size than the card's).
+    """
+
+    source_sizes: dict = field(default_factory=dict)
+    problems: list = field(default_factory=list)
+    notes: list = field(default_factory=list)
+
+
+def feature_kind(feature) -> str:
+    """A feature's type as cards name it: ``Image``, ``Audio``, ``ClassLabel``, ``list``, ``struct`` or a Value's dtype."""
+    import datasets
+
+    if isinstance(feature, datasets.Value):
+        return feature.dtype
+    if isinstance(feature, dict):
+        return "struct"
+    if isinstance(feature, (list, datasets.Sequence, getattr(datasets, "List", datasets.Sequence), datasets.LargeList)):
+        return "list"
+    return type(feature).__name__
+
+
+def read_source(spec: dict):
+    """A ``datasets`` source as a ``DatasetDict``: a ``save_to_disk`` folder, else ``load_dataset``.
+
+    The card's ``path``, ``name``, ``revision``, ``data_dir``, ``data_files`` and
+    ``load_args`` (any other ``load_dataset`` argument) are passed on; a hub repo's
+    parquet export is ``revision: refs/convert/parquet`` with ``data_dir: <config>``.
+    """
+    import datasets
+
+    path = spec["path"]
+    if (Path(path) / "dataset_dict.json").is_file():
+        return datasets.load_from_disk(path)
+    arguments = {key: spec[key] for key in ("revision", "data_dir", "data_files") if spec.get(key) is not None}
+    try:
+        return datasets.load_dataset(path, spec.get("name"), **arguments, **spec.get("load_args", {}))
+    except (FileNotFoundError, ConnectionError, OSError, ValueError, RuntimeError) as e:
+        hint = ""
+        if "scripts are no longer supported" in str(e):
+            hint = " (a script-only repo: name its parquet export with revision: refs/convert/parquet and data_dir: <config>)"
+        raise UserError(f"cannot load dataset '{path}': {str(e).splitlines()[0]}{hint}") from None
+
+
+def local_copy(spec: dict, data_dir: str | Path) -> dict:
+    """The card's dataset section pointed at ``--data-dir``: the hub's name, revision, folder and files no longer apply."""
+    return {k: v for k, v in spec.items() if k not in ("name", "revision", "data_dir", "data_files")} | {"path": str(data_dir)}
+
+
+def check_source(raw, spec: dict, report: DatasetReport) -> None:
+    """Compare what the source served with the card's ``sizes`` (split -> rows) and ``features`` (column -> kind)."""
+    report.source_sizes = {name: len(split) for name, split in raw.items()}
+    for name, expected in spec.get("sizes", {}).items():
+        if name not in raw:
+            report.problems.append(f"the source has no split '{name}' (it has: {', '.join(raw)})")
+        elif len(raw[name]) != expected:
+            report.notes.append(f"split '{name}' has {len(raw[name]):,} rows; the card's source has {expected:,}")
+    for name, split in raw.items():
+        for column, kind in spec.get("features", {}).items():
+            if column not in split.features:
+                report.problems.append(f"split '{name}' has no column '{column}' (it has: {', '.join(split.column_names)})")
+            elif feature_kind(split.features[column]) != kind:
+                report.problems.append(f"split '{name}' column '{column}' is {feature_kind(split.features[column])}, "
+                                       f"the card says {kind}")
+
+
+def load_splits(card: TaskCard, loaders: dict, data_dir: str | Path | None = None, adapters: dict | None = None,
+                report: DatasetReport | None = None):
     """The card's ``train`` and ``test`` splits as a ``datasets.DatasetDict``.
 
-    A ``loader:`` card calls a registered built-in loader; a ``path:`` card goes through
-    ``datasets``: a folder written by ``save_to_disk`` is read with ``load_from_disk``,
-    anything else (a hub id, a local data folder) with ``load_dataset``. ``data_dir``
-    (``--data-dir``) replaces the card's ``path`` with a local copy, for offline clusters.
+    The source is a registered loader (``loader:``) or ``datasets`` (``path:``, see
+    :func:`read_source`); ``data_dir`` (``--data-dir``) points it at a local copy (a
+    loader reads it only if it says ``reads_data_dir``; otherwise ``datasets`` does).
+    What the source served is checked against the card's ``sizes`` and ``features``,
+    then the card's ``adapter`` turns it into the task's examples, whose splits and
+    columns are checked too. Problems raise one :class:`UserError`, unless ``report``
+    is given to collect them (``mubench data``).
     """
     import datasets
 
     spec = dict(card.dataset)
+    collect = report is not None
+    report = report if collect else DatasetReport()
+    loader = spec.get("loader")
+    if loader is not None and loader not in loaders:
+        raise unknown_name("dataset loader", loader, loaders)
     if data_dir is not None:
-        spec.pop("loader", None)
-        spec.update(path=str(data_dir), name=None, data_dir=None)
-    if "loader" in spec:
-        if spec["loader"] not in loaders:
-            raise unknown_name("dataset loader", spec["loader"], loaders)
-        raw = loaders[spec["loader"]](spec)
-    elif (Path(spec["path"]) / "dataset_dict.json").is_file():
-        raw = datasets.load_from_disk(spec["path"])
-    else:
-        try:
-            raw = datasets.load_dataset(spec["path"], spec.get("name"), data_dir=spec.get("data_dir"))
-        except (FileNotFoundError, ConnectionError, OSError, ValueError) as e:
-            raise UserError(f"task '{card.name}': cannot load dataset '{spec['path']}': {str(e).splitlines()[0]}") from None
+        spec = local_copy(spec, data_dir)
+        if loader is not None and not getattr(loaders[loader], "reads_data_dir", False):
+            loader = None
+    if data_dir is None and "download" in spec:
+        raise UserError(f"task '{card.name}': no hub serves its data; {spec['download']}, and pass the folder with --data-dir")
+    raw = loaders[loader](spec) if loader is not None else read_source(spec)
+    check_source(raw, spec, report)
     names = spec.get("splits", {"train": "train", "test": "test"})
-    missing = [s for s in names.values() if s not in raw]
-    if missing:
-        raise UserError(f"task '{card.name}': dataset has no split {missing[0]!r} (it has: {', '.join(raw)})")
-    columns = set(card.columns.values())
-    for role, split in names.items():
-        absent = columns - set(raw[split].column_names)
+    if spec.get("adapter") is not None and not report.problems:
+        adapters = adapters or {}
+        if spec["adapter"] not in adapters:
+            raise unknown_name("dataset adapter", spec["adapter"], adapters)
+        raw = adapters[spec["adapter"]](raw, spec)
+    for role, split in names.items() if not report.problems else ():
+        if split not in raw:
+            report.problems.append(f"dataset has no split {split!r} (it has: {', '.join(raw)})")
+            continue
+        absent = set(card.columns.values()) - set(raw[split].column_names)
         if absent:
-            raise UserError(f"task '{card.name}': {role} split lacks column(s) {', '.join(sorted(absent))} named in dataset.columns")
-    return datasets.DatasetDict({role: raw[split] for role, split in names.items()})
+            report.problems.append(f"{role} split lacks column(s) {', '.join(sorted(absent))} named in dataset.columns")
+    if report.problems and not collect:
+        more = f" (and {len(report.problems) - 1} more; `mubench data {card.name}` lists them)" if len(report.problems) > 1 else ""
+        raise UserError(f"task '{card.name}': {report.problems[0]}{more}")
+    return datasets.DatasetDict({role: raw[split] for role, split in names.items() if split in raw})
 
 
 PREPROCESS_FORMAT = 1  # bump when the cache layout changes

@@ -47,6 +47,7 @@ class RunConfig:
     include_paths: list = field(default_factory=list)
     data_dir: Path | None = None
     lora: LoraSpec | None = None
+    original: str | None = None
 
 
 def seed_everything(seed: int) -> None:
@@ -72,10 +73,12 @@ class Prepared:
     """A task with its data loaded and encoded, its deletion set drawn and its model family chosen."""
 
     def __init__(self, registry: Registry, task_name: str, model_name: str | None, ratio: float | None,
-                 data_dir: Path | None = None):
+                 data_dir: Path | None = None, original: str | None = None):
         self.card = registry.card(task_name)
         self.task = registry.task_type(self.card)
         name, spec = self.card.model(model_name)
+        if original is not None:  # --original: `train`, a checkpoint or a hub id instead of the card's
+            spec = spec | {"original": original}
         self.family = Family(name, spec, registry.architecture(self.card, spec["architecture"]), self.task)
         self.ratio = self.card.default_ratio if ratio is None else ratio
         if self.ratio not in self.card.ratios:
@@ -88,7 +91,7 @@ class Prepared:
     def load(self) -> None:
         """Read the data, draw D_f, and preprocess (cached) and encode the splits."""
         self.task.use_model(self.family.spec.get("params", {}))
-        splits = load_splits(self.card, self.registry.dataset_loaders, self.data_dir)
+        splits = load_splits(self.card, self.registry.dataset_loaders, self.data_dir, self.registry.dataset_adapters)
         self.task.prepare(splits["train"])
         self.n_train, self.n_test = len(splits["train"]), len(splits["test"])
         self.data_sha256 = fingerprint(splits["train"])
@@ -141,7 +144,7 @@ def run(config: RunConfig, registry: Registry | None = None) -> tuple[dict, Path
     """Unlearn and evaluate as ``config`` says; returns the result and the file it was written to."""
     started = time.perf_counter()
     registry = registry or Registry(config.include_paths)
-    prepared = Prepared(registry, config.task, config.model, config.deletion_ratio, config.data_dir)
+    prepared = Prepared(registry, config.task, config.model, config.deletion_ratio, config.data_dir, config.original)
     card, task = prepared.card, prepared.task
     method_cls = registry.method(config.method)
     args = method_cls.resolve_args(card, config.method_args)

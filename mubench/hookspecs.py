@@ -35,10 +35,25 @@ def mubench_task_types():
 
 @hookspec
 def mubench_dataset_loaders():
-    """Built-in dataset loaders, for cards whose ``dataset`` says ``loader: NAME``.
+    """Dataset sources other than ``datasets``, for cards whose ``dataset`` says ``loader: NAME``.
 
     Returns a mapping of name to a callable ``(card_dataset_section) -> DatasetDict``
-    whose splits carry the columns the card names.
+    (built-in data such as scikit-learn's, or a release layout that ``datasets``
+    cannot read). With ``--data-dir`` the section's ``path`` is that folder, and the
+    loader is called only if it has the attribute ``reads_data_dir = True``;
+    otherwise ``datasets`` reads the folder. ``mubench.data.read_source(section)``
+    reads a ``datasets`` source for loaders that build on one.
+    """
+
+
+@hookspec
+def mubench_dataset_adapters():
+    """Adapters from a source's schema to the task's examples, for cards whose ``dataset`` says ``adapter: NAME``.
+
+    Returns a mapping of name to a callable ``(DatasetDict, card_dataset_section) ->
+    DatasetDict``, called after the source's splits and features were checked
+    against the card's ``sizes`` and ``features`` (e.g. UCF101's frame rows grouped
+    into clips). Its output's splits must carry the columns the card names.
     """
 
 

@@ -5,9 +5,13 @@ from mubench.api import hookimpl
 from mubench.tasks.architectures import small_cnn
 from mubench.tasks.audio import AudioClassificationTask
 from mubench.tasks.classification import ImageClassificationTask
+from mubench.tasks.ddi2013 import load_ddi_xml
 from mubench.tasks.digits import load_digits
+from mubench.tasks.nlvr2 import load_nlvr2_release
 from mubench.tasks.pretrained import Pretrained
+from mubench.tasks.speech_commands import one_second_silence
 from mubench.tasks.text import RelationClassificationTask, TextClassificationTask
+from mubench.tasks.ucf101 import frames_to_clips
 from mubench.tasks.video import VideoClassificationTask
 from mubench.tasks.vision_language import VisualReasoningTask
 
@@ -27,7 +31,12 @@ def mubench_task_types():
 
 @hookimpl
 def mubench_dataset_loaders():
-    return {"sklearn_digits": load_digits}
+    return {"sklearn_digits": load_digits, "ddi2013_xml": load_ddi_xml, "nlvr2_release": load_nlvr2_release}
+
+
+@hookimpl
+def mubench_dataset_adapters():
+    return {"ucf101_clips": frames_to_clips, "speech_commands_silence": one_second_silence}
 
 
 @hookimpl

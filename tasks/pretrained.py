@@ -52,6 +52,18 @@ def from_hub(load, source: str, **kwargs):
             logging.enable_progress_bar()
 
 
+def label_space_problem(config, names: list[str]) -> str | None:
+    """Why a checkpoint's head (``num_labels``, ``id2label``) does not predict ``names``, or None."""
+    if config.num_labels != len(names):
+        return f"it predicts {config.num_labels} labels, the task has {len(names)}"
+    given = [str(config.id2label.get(i, f"LABEL_{i}")) for i in range(config.num_labels)]
+    if all(name == f"LABEL_{i}" for i, name in enumerate(given)):
+        return None
+    if [name.lower() for name in given] != [name.lower() for name in names]:
+        return f"its labels are {given}, the task's are {names}"
+    return None
+
+
 class Pretrained:
     """Builds, loads and sizes transformers models for a card's model family."""
 
@@ -63,12 +75,16 @@ class Pretrained:
 
     def load_original(self, task, source: str, pretrained: str | None = None, model_class: str | None = None,
                       **params) -> torch.nn.Module:
-        """A published model already fine-tuned on the task (its head must fit the task's labels)."""
+        """A published model already fine-tuned on the task; its label space must be the task's.
+
+        The number of labels must match, and so must their names in order where the
+        checkpoint's config names them (``LABEL_0``… names nothing).
+        """
         cls = resolve_class(task, model_class)
         model = from_hub(cls.from_pretrained, source)
-        if model.config.num_labels != len(task.label_names):
-            raise UserError(f"original '{source}' predicts {model.config.num_labels} labels; "
-                            f"task '{task.card.name}' has {len(task.label_names)}")
+        problem = label_space_problem(model.config, task.label_names)
+        if problem:
+            raise UserError(f"original '{source}' does not fit task '{task.card.name}': {problem}")
         return model
 
     def count_parameters(self, task, pretrained: str, model_class: str | None = None, **params) -> int:

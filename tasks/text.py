@@ -79,17 +79,28 @@ class RelationClassificationTask(TextClassificationTask):
 
 
 def mark(text: str, first: str, second: str, markers) -> str:
-    """``text`` with the spans of ``first`` and ``second`` wrapped in their markers."""
-    spans = []
+    """``text`` with the first occurrences of ``first`` and ``second`` (outside ``first``'s) wrapped in their markers."""
+    found = []
     start = text.find(first)
     if start >= 0:
-        spans.append((start, start + len(first), markers[0]))
-    taken = spans[0][:2] if spans else (0, 0)
+        found.append((start, start + len(first)))
+    taken = found[0] if found else (0, 0)
     position = text.find(second)
     while position >= 0 and position < taken[1] and position + len(second) > taken[0]:
         position = text.find(second, position + 1)
-    if position >= 0:
-        spans.append((position, position + len(second), markers[1]))
-    for begin, end, (left, right) in sorted(spans, reverse=True):
-        text = text[:begin] + left + text[begin:end] + right + text[end:]
+    spans = [found[0] if found else None, (position, position + len(second)) if position >= 0 else None]
+    return mark_spans(text, spans, markers)
+
+
+def mark_spans(text: str, spans, markers) -> str:
+    """``text`` with each ``(begin, end)`` span (None: not marked) wrapped in its marker pair.
+
+    Spans may overlap: each marker goes in at its own offset, later offsets first.
+    """
+    inserts = []
+    for order, (span, (left, right)) in enumerate(zip(spans, markers)):
+        if span is not None:
+            inserts += [(span[1], 0, -order, right), (span[0], 1, -order, left)]
+    for position, _, _, marker in sorted(inserts, reverse=True):
+        text = text[:position] + marker + text[position:]
     return text

@@ -1,6 +1,6 @@
 """Video classification: a clip (column role ``video``) to a class label, e.g. UCF101 with VideoMAE.
 
-Clips are decoded with PyAV from the dataset's raw video bytes (or paths): the core
+A clip is a list of frame images, or a video decoded with PyAV from its raw bytes (or path): the core
 hands ``preprocess`` video columns undecoded (see ``mubench.data.undecoded``). ``num_frames`` frames spread
 uniformly over each clip are resized and cropped by the family's video processor
 once and cached as uint8 ``[T, 3, H, W]``; they are normalised on the device.
@@ -16,8 +16,21 @@ from mubench.tasks.classification import ClassificationTask, pixels, resized_uin
 from mubench.tasks.pretrained import from_hub
 
 
+def uniform(count: int, num_frames: int) -> np.ndarray:
+    """``num_frames`` positions spread uniformly over ``count`` frames (repeating frames of a shorter clip)."""
+    return np.linspace(0, count - 1, num_frames).round().astype(int)
+
+
 def read_frames(video, num_frames: int) -> np.ndarray:
-    """``num_frames`` RGB frames ``[T, H, W, 3]`` spread uniformly over a clip (``{"bytes", "path"}`` or a path)."""
+    """``num_frames`` RGB frames ``[T, H, W, 3]`` spread uniformly over a clip.
+
+    A clip is a video file (``{"bytes", "path"}`` or a path, decoded with PyAV) or a
+    list of its frames as images (UCF101 on the hub, see ``mubench.tasks.ucf101``).
+    """
+    if isinstance(video, list):
+        if not video:
+            raise ValueError("a clip has no frames")
+        return np.stack([np.asarray(video[i].convert("RGB")) for i in uniform(len(video), num_frames)])
     import av
 
     if isinstance(video, dict):
@@ -28,8 +41,7 @@ def read_frames(video, num_frames: int) -> np.ndarray:
         frames = list(container.decode(stream))
     if not frames:
         raise ValueError("a video has no frames")
-    chosen = np.linspace(0, len(frames) - 1, num_frames).round().astype(int)
-    return np.stack([frames[i].to_ndarray(format="rgb24") for i in chosen])
+    return np.stack([frames[i].to_ndarray(format="rgb24") for i in uniform(len(frames), num_frames)])
 
 
 class VideoClassificationTask(ClassificationTask):

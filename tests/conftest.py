@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from fixtures import images, nlvr2, speech, text, video
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 # Tiny models are published here under their real hub ids (tests/fixtures/hub.py); set before
@@ -69,3 +70,30 @@ def mubench(*args, cwd=None, env=None, timeout=300):
 @pytest.fixture
 def cli():
     return mubench
+
+
+# Each discriminative task's data in its real source layout, and the publisher of its tiny models.
+FIXTURES = {
+    "cifar100": (images.cifar100, images.publish_models),
+    "imdb": (text.imdb, text.publish_models),
+    "ddi2013": (text.ddi, text.publish_models),
+    "nlvr2": (nlvr2.nlvr2, nlvr2.publish_models),
+    "speech_commands": (speech.speech_commands, speech.publish_models),
+    "ucf101": (video.ucf101, video.publish_models),
+}
+
+
+@pytest.fixture(scope="session")
+def task_data(tmp_path_factory):
+    """Build a task's fixture dataset and publish its tiny models once; returns the data folder."""
+    built = {}
+
+    def get(task):
+        if task not in built:
+            root = tmp_path_factory.mktemp(task)
+            make, publish = FIXTURES[task]
+            built[task] = make(root / "data")
+            publish(task)
+        return built[task]
+
+    return get

@@ -53,7 +53,7 @@ def test_include_merges_a_base_card(tmp_path):
     (lambda c: c.update(modality="smell"), "key 'modality'", "'smell' is not one of"),
     (lambda c: c.update(colour="blue"), "top level", "'colour' was unexpected"),
     (lambda c: c["models"]["cnn"].pop("original"), "key 'models.cnn'", "'original' is a required property"),
-    (lambda c: c["dataset"].update(path="some/dataset"), "key 'dataset'", "exactly one of 'loader'"),
+    (lambda c: c["dataset"].update(path="some/dataset"), "key 'dataset'", "not both"),
     (lambda c: c.update(default_model="vit"), "key 'default_model'", "expected one of the card's models"),
     (lambda c: c["deletion"].update(default_ratio=0.5), "key 'deletion.default_ratio'", "expected one of deletion.ratios"),
 ])

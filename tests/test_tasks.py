@@ -7,17 +7,10 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from fixtures import images, nlvr2, speech, text, video
+from conftest import FIXTURES
+from fixtures import images
 from tests_support import REPO
 
-FIXTURES = {
-    "cifar100": (images.cifar100, images.publish_models),
-    "imdb": (text.imdb, text.publish_models),
-    "ddi2013": (text.ddi, text.publish_models),
-    "nlvr2": (nlvr2.nlvr2, nlvr2.publish_models),
-    "speech_commands": (speech.speech_commands, speech.publish_models),
-    "ucf101": (video.ucf101, video.publish_models),
-}
 METHODS = ["original", "retrain", "neggrad", "randlabel", "badt", "scrub", "salun"]
 
 
@@ -28,22 +21,6 @@ def card_models(task) -> dict:
 
 def families(task):
     return [(task, family) for family in card_models(task)]
-
-
-@pytest.fixture(scope="session")
-def task_data(tmp_path_factory):
-    """Build a task's fixture dataset and publish its tiny models once; returns the data folder."""
-    built = {}
-
-    def get(task):
-        if task not in built:
-            root = tmp_path_factory.mktemp(task)
-            make, publish = FIXTURES[task]
-            built[task] = make(root / "data")
-            publish(task)
-        return built[task]
-
-    return get
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -148,8 +148,10 @@ def load_card(path: str | Path) -> TaskCard:
     data = resolve_includes(path)
     schema_errors(data, "task_card", path)
     dataset = data["dataset"]
-    if ("loader" in dataset) == ("path" in dataset):
-        raise UserError(f"{path}: key 'dataset': expected exactly one of 'loader' (built-in) or 'path' (Hugging Face datasets)")
+    if "loader" in dataset and "path" in dataset:
+        raise UserError(f"{path}: key 'dataset': expected one of 'loader' (a registered source) or 'path' (Hugging Face datasets), not both")
+    if not {"loader", "path", "download"} & set(dataset):
+        raise UserError(f"{path}: key 'dataset': expected 'loader', 'path', or 'download' (how to get data that no hub serves)")
     if "default_model" in data and data["default_model"] not in data["models"]:
         raise UserError(f"{path}: key 'default_model': expected one of the card's models "
                         f"({', '.join(data['models'])}), got '{data['default_model']}'")

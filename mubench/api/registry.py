@@ -18,7 +18,7 @@ PROJECT = "mubench"
 
 
 class Registry:
-    """Tasks (cards), task types, dataset loaders, architectures and methods of all plugins."""
+    """Tasks (cards), task types, dataset loaders and adapters, architectures and methods of all plugins."""
 
     def __init__(self, include_paths=(), plugins=()):
         self.plugins = pluggy.PluginManager(PROJECT)
@@ -57,6 +57,10 @@ class Registry:
     @cached_property
     def dataset_loaders(self) -> dict:
         return self._collect("mubench_dataset_loaders")
+
+    @cached_property
+    def dataset_adapters(self) -> dict:
+        return self._collect("mubench_dataset_adapters")
 
     @cached_property
     def architectures(self) -> dict:
