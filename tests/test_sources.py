@@ -1,5 +1,7 @@
 """Each task's real source schema, read by the same loaders and adapters a run with network uses,
 and `mubench data`, which checks a dataset against its card before a long run."""
+from pathlib import Path
+
 import datasets
 import numpy as np
 import pytest
@@ -205,3 +207,20 @@ def test_the_released_original_is_the_default_and_original_train_trains_one(task
     assert released["model_info"]["original"] == "jialicheng/imdb-bert-base"
     assert "originals/imdb/bert-base" in trained["model_info"]["original"]
     assert released["results"]["original"] != trained["results"]["original"]
+
+
+def test_ddi_downloads_its_release_once_and_not_offline(tmp_path, monkeypatch):
+    import shutil
+
+    from mubench.tasks.ddi2013 import load_ddi_xml
+
+    archive = Path(shutil.make_archive(str(tmp_path / "release"), "zip", text.ddi(tmp_path / "ddi")))
+    spec = {"options": {"url": archive.as_uri()}}
+    monkeypatch.setenv("MUBENCH_HOME", str(tmp_path / "home"))
+    with pytest.raises(UserError, match="in offline mode: download it yourself and pass its folder with --data-dir"):
+        load_ddi_xml(spec)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    first = load_ddi_xml(spec)
+    archive.unlink()  # the second load reads the extracted copy
+    second = load_ddi_xml(spec)
+    assert len(first["train"]) == len(second["train"]) > 0 and first["test"]["marked"] == second["test"]["marked"]

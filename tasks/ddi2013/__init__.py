@@ -12,23 +12,15 @@ def load_ddi_xml(spec: dict):
 
     Reads the release (``DDICorpus/Train/{DrugBank,MedLine}/*.xml`` and
     ``DDICorpus/Test/Test for DDI Extraction task/...``) from ``--data-dir`` (the
-    folder that holds ``DDICorpus``, or ``DDICorpus`` itself), else downloads
-    ``options.url`` (its zip) through ``datasets``' download manager and cache.
+    folder that holds ``DDICorpus``, or ``DDICorpus`` itself), else from
+    ``options.url`` (its zip), downloaded once (see :func:`downloaded`).
     Each ``<pair>`` is one example: ``label`` is its type (``NONE`` where ``ddi`` is
     false or untyped), ``marked`` its sentence with the two mentions marked
     ``<< … >>`` and ``[[ … ]]`` at their character offsets.
     """
     import datasets
 
-    if spec.get("path"):
-        folder = Path(spec["path"])
-    else:
-        try:
-            folder = Path(datasets.DownloadManager().download_and_extract(spec["options"]["url"]))
-        except (ConnectionError, OSError, ValueError) as e:
-            from mubench.errors import UserError
-
-            raise UserError(f"cannot download the DDI corpus from {spec['options']['url']}: {str(e).splitlines()[0]}") from None
+    folder = Path(spec["path"]) if spec.get("path") else downloaded(spec["options"]["url"])
     root = folder / "DDICorpus" if (folder / "DDICorpus").is_dir() else folder
     features = datasets.Features({
         "pair_id": datasets.Value("string"), "document_id": datasets.Value("string"), "sentence": datasets.Value("string"),
@@ -47,6 +39,37 @@ def load_ddi_xml(spec: dict):
 
 
 load_ddi_xml.reads_data_dir = True
+
+
+def downloaded(url: str) -> Path:
+    """The zip at ``url``, downloaded and extracted once under ``$MUBENCH_HOME/downloads``; offline, one clear line."""
+    import hashlib
+    import os
+    import shutil
+    import tempfile
+    import urllib.request
+    import zipfile
+
+    from mubench.errors import UserError
+    from mubench.files import atomic_path, mubench_home
+
+    folder = mubench_home() / "downloads" / hashlib.sha256(url.encode()).hexdigest()[:16]
+    if (folder / "extracted").is_dir():
+        return folder / "extracted"
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0") or os.environ.get("HF_DATASETS_OFFLINE", "0") not in ("", "0"):
+        raise UserError(f"cannot download {url} in offline mode: download it yourself and pass its folder with --data-dir")
+    try:
+        with atomic_path(folder / "release.zip") as tmp:
+            urllib.request.urlretrieve(url, tmp)
+        scratch = Path(tempfile.mkdtemp(dir=folder))
+        with zipfile.ZipFile(folder / "release.zip") as archive:
+            archive.extractall(scratch)
+    except (OSError, zipfile.BadZipFile) as e:
+        raise UserError(f"cannot download {url}: {e}") from None
+    os.replace(scratch, folder / "extracted")
+    (folder / "release.zip").unlink()
+    shutil.rmtree(scratch, ignore_errors=True)
+    return folder / "extracted"
 
 
 def spans(offsets: str) -> list[tuple[int, int]]:
