@@ -71,8 +71,15 @@ def read_source(spec: dict):
 
 
 def local_copy(spec: dict, data_dir: str | Path) -> dict:
-    """The card's dataset section pointed at ``--data-dir``: the hub's name, revision, folder and files no longer apply."""
-    return {k: v for k, v in spec.items() if k not in ("name", "revision", "data_dir", "data_files")} | {"path": str(data_dir)}
+    """The card's dataset section pointed at ``--data-dir``.
+
+    The hub's name, revision and files no longer apply; its ``data_dir`` does where the
+    copy has that folder (a downloaded parquet export keeps each config in its own).
+    """
+    local = {k: v for k, v in spec.items() if k not in ("name", "revision", "data_dir", "data_files")} | {"path": str(data_dir)}
+    if spec.get("data_dir") and (Path(data_dir) / spec["data_dir"]).is_dir():
+        local["data_dir"] = spec["data_dir"]
+    return local
 
 
 def check_source(raw, spec: dict, report: DatasetReport) -> None:

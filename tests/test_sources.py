@@ -87,14 +87,31 @@ def test_ddi_mentions_are_marked_at_their_offsets_even_when_they_overlap():
     assert mark_spans("abcd", [(0, 2), (2, 4)], markers) == "<< ab >>[[ cd ]]"
 
 
-def test_long_silence_recordings_are_cut_into_one_second_clips(task_data):
+def speech_export(task_data, registry):
+    """The Speech Commands fixture as the card's source reads it from a local copy of the parquet export."""
+    from mubench.data import local_copy, read_source
+
+    return read_source(local_copy(registry.card("speech_commands").dataset, task_data("speech_commands")))
+
+
+def test_a_local_copy_of_the_parquet_export_reads_the_cards_config_only(task_data, registry):
+    """The copy holds v0.01 and v0.02 folders, as the export branch does; without data_dir they would merge."""
+    raw = speech_export(task_data, registry)
+    assert {name: len(split) for name, split in raw.items()} == {"train": 48, "validation": 12, "test": 16}
+    assert isinstance(raw["train"].features["audio"], datasets.Audio)
+    assert raw["train"].features["label"].names[-1] == "_silence_" and raw["train"].features["label"].num_classes == 31
+    merged = datasets.load_dataset(str(task_data("speech_commands")))
+    assert len(merged["train"]) == 48 + 3
+
+
+def test_long_silence_recordings_are_cut_into_one_second_clips(task_data, registry):
     import io
 
     import soundfile
 
     from mubench.tasks.speech_commands import one_second_silence
 
-    raw = datasets.load_from_disk(str(task_data("speech_commands")))
+    raw = speech_export(task_data, registry)
     cut = one_second_silence(raw, {})
     silence = raw["train"].features["label"].str2int("_silence_")
     for split in raw:
@@ -224,3 +241,40 @@ def test_ddi_downloads_its_release_once_and_not_offline(tmp_path, monkeypatch):
     archive.unlink()  # the second load reads the extracted copy
     second = load_ddi_xml(spec)
     assert len(first["train"]) == len(second["train"]) > 0 and first["test"]["marked"] == second["test"]["marked"]
+
+
+def test_a_clip_reads_alike_from_a_video_file_and_from_its_frames():
+    """Video copies (MP4 bytes, decoded by PyAV) and UCF101's frame lists sample the same frames."""
+    import io
+
+    import av
+    from PIL import Image
+
+    from mubench.tasks.video import read_frames
+
+    frames = [np.full((32, 32, 3), 20 * t, np.uint8) for t in range(10)]  # frame t is a flat grey of level 20·t
+    out = io.BytesIO()
+    with av.open(out, "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width = stream.height = 32
+        stream.pix_fmt = "yuv420p"
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    from_video = read_frames({"bytes": out.getvalue(), "path": None}, 4)
+    from_images = read_frames([Image.fromarray(frame) for frame in frames], 4)
+    assert from_video.shape == from_images.shape == (4, 32, 32, 3)
+    assert [float(f.mean()) for f in from_images] == [0.0, 60.0, 120.0, 180.0]  # frames 0, 3, 6, 9
+    assert np.allclose([f.mean() for f in from_video], [0, 60, 120, 180], atol=4)
+    with pytest.raises(ValueError, match="a clip has no frames"):
+        read_frames([], 4)
+
+
+def test_nlvr2_reads_a_saved_copy_with_image_columns_as_it_is(task_data, tmp_path, registry):
+    from mubench.data import load_splits
+
+    release = load_splits(registry.card("nlvr2"), registry.dataset_loaders, task_data("nlvr2"), registry.dataset_adapters)
+    datasets.DatasetDict({"train": release["train"], "dev": release["test"]}).save_to_disk(tmp_path / "copy")
+    copy = load_splits(registry.card("nlvr2"), registry.dataset_loaders, tmp_path / "copy", registry.dataset_adapters)
+    assert copy["test"]["identifier"] == release["test"]["identifier"]
+    assert np.array_equal(np.asarray(copy["train"][3]["left_image"]), np.asarray(release["train"][3]["left_image"]))

@@ -42,7 +42,8 @@ def test_every_method_runs_on_every_task(task, method, task_data, registry, tmp_
 
 @pytest.mark.parametrize(("task", "family"), [f for task in FIXTURES for f in families(task)])
 def test_every_family_loads_counts_feeds_and_adapts(task, family, task_data, registry):
-    """Each family's real class loads from its hub id, is counted without weights, eats a batch, takes LoRA."""
+    """Each family's real class loads from its hub id, is counted without weights, eats a batch, takes LoRA;
+    its released original, where the card names one, loads and eats the batch too."""
     from mubench.harness import Prepared
     from mubench.lora import LoraSpec, apply_lora
 
@@ -56,6 +57,10 @@ def test_every_family_loads_counts_feeds_and_adapts(task, family, task_data, reg
     adapted, record = apply_lora(model, LoraSpec(fraction=0.5))
     assert 0 < record["trainable_fraction"] <= 0.5 and record["n_adapted"] > 0
     assert prepared.task.forward(adapted, batch.inputs).shape == logits.shape
+    source = prepared.family.spec["original"]
+    if source != "train":  # a released original loads as its own class and predicts the task's labels
+        released = prepared.family.load_published(source)
+        assert prepared.task.forward(released, batch.inputs).shape == logits.shape
 
 
 @pytest.mark.parametrize("task", FIXTURES)

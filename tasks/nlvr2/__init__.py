@@ -14,7 +14,7 @@ def load_nlvr2_release(spec: dict):
     ``dev.json``, as in the release's ``nlvr2/data``) and the images anywhere below
     it (``images/train/<n>/``, ``dev/``, …): pair ``train-10171-0-0`` shows
     ``train-10171-0-img0.png`` and ``…-img1.png``. A folder without the annotation
-    files is read by ``datasets`` instead (a copy with image columns).
+    files is read by ``datasets`` instead (a ``save_to_disk`` copy with the image columns).
     """
     import datasets
 
