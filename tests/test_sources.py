@@ -5,8 +5,8 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pytest
-from fixtures import text
 from conftest import FIXTURES
+from fixtures import text
 
 from mubench.errors import UserError
 

@@ -149,7 +149,8 @@ def load_card(path: str | Path) -> TaskCard:
     schema_errors(data, "task_card", path)
     dataset = data["dataset"]
     if "loader" in dataset and "path" in dataset:
-        raise UserError(f"{path}: key 'dataset': expected one of 'loader' (a registered source) or 'path' (Hugging Face datasets), not both")
+        raise UserError(f"{path}: key 'dataset': expected one of 'loader' (a registered source) "
+                        f"or 'path' (Hugging Face datasets), not both")
     if not {"loader", "path", "download"} & set(dataset):
         raise UserError(f"{path}: key 'dataset': expected 'loader', 'path', or 'download' (how to get data that no hub serves)")
     if "default_model" in data and data["default_model"] not in data["models"]:
