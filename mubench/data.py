@@ -197,18 +197,21 @@ def fingerprint(split) -> str:
     """A content hash of a ``datasets.Dataset``: the same data hashes the same however it is stored.
 
     Each column is concatenated into fresh Arrow buffers (no chunking, offsets from
-    zero) before its buffers are hashed, with the column's name and type.
+    zero) before its buffers are hashed, with the column's name and type. A selection
+    of rows (the indices mapping that ``select``, ``filter`` or an adapter leave) hashes
+    its indices too, so two selections of one table never hash alike.
     """
     import pyarrow as pa
 
     digest = hashlib.sha256()
-    table = split.data.table
-    for name, column in zip(table.column_names, table.columns):
-        digest.update(f"{name}:{column.type}".encode())
-        array = pa.concat_arrays(column.chunks) if column.num_chunks else pa.array([], column.type)
-        for buffer in array.buffers():  # children's buffers included
-            if buffer is not None:
-                digest.update(memoryview(buffer))
+    tables = [split.data.table] + ([split._indices.table] if split._indices is not None else [])
+    for table in tables:
+        for name, column in zip(table.column_names, table.columns):
+            digest.update(f"{name}:{column.type}".encode())
+            array = pa.concat_arrays(column.chunks) if column.num_chunks else pa.array([], column.type)
+            for buffer in array.buffers():  # children's buffers included
+                if buffer is not None:
+                    digest.update(memoryview(buffer))
     return digest.hexdigest()
 
 
