@@ -1,6 +1,5 @@
 """The reference rows: the untouched original, exact retraining, and fine-tuning on D_r."""
-from mubench.api import Fit, Method
-from mubench.loop import LoopReport
+from mubench.api import Fit, LoopReport, Method
 
 
 class Original(Method):

@@ -1,6 +1,6 @@
 import torch
 
-from mubench.loop import autocast
+from mubench.api import autocast
 from mubench.methods.randlabel import RandLabel
 
 

@@ -158,7 +158,6 @@ def preprocessed(task, split, role: str, data_sha256: str, card_name: str):
     """
     import datasets
 
-    from mubench.api.task import storable
     from mubench.files import mubench_home
 
     key = json.dumps({"data": data_sha256, "task": task.preprocess_key(), "format": PREPROCESS_FORMAT}, sort_keys=True, default=str)
@@ -213,6 +212,91 @@ def fingerprint(split) -> str:
                 if buffer is not None:
                     digest.update(memoryview(buffer))
     return digest.hexdigest()
+
+
+class TensorExamples(torch.utils.data.Dataset):
+    """Examples held as equal-length tensors; fetches a whole batch by one indexing op."""
+
+    def __init__(self, **tensors: torch.Tensor):
+        lengths = {len(t) for t in tensors.values()}
+        if len(lengths) != 1:
+            raise ValueError(f"tensors differ in length: {lengths}")
+        self.tensors = tensors
+
+    def __len__(self) -> int:
+        return len(next(iter(self.tensors.values())))
+
+    def __getitem__(self, index):
+        return {k: t[index] for k, t in self.tensors.items()}
+
+    def __getitems__(self, indices) -> dict[str, torch.Tensor]:
+        index = torch.as_tensor(indices)
+        return {k: t[index] for k, t in self.tensors.items()}
+
+
+SHAPE = "__shape"  # suffix of the column that holds each stored array's shape
+
+
+def storable(batch: dict) -> dict:
+    """A preprocessed batch as Arrow stores it fast: every per-example array flattened, its shape beside it."""
+    out = {}
+    for key, values in batch.items():
+        values = [np.asarray(v) for v in values]
+        if values and values[0].ndim >= 1:
+            out[key] = [v.ravel() for v in values]
+            out[key + SHAPE] = [np.asarray(v.shape, dtype=np.int32) for v in values]
+        else:
+            out[key] = [v.item() for v in values]
+    return out
+
+
+class ArrowExamples(torch.utils.data.Dataset):
+    """Preprocessed examples in an Arrow table, read as numpy views of its (memory-mapped) buffers.
+
+    A batch is a mapping of column to a list of per-example numpy arrays in their
+    stored shapes and dtypes, which the task's :meth:`TaskType.collate` pads or stacks.
+    Examples are sliced out of the buffers directly: Arrow's own ``take`` would copy
+    whole chunks of list columns for every batch.
+    """
+
+    def __init__(self, split):
+        table = split.data.table
+        self.length = table.num_rows
+        self.columns = {}
+        for key in table.column_names:
+            if key.endswith(SHAPE):
+                continue
+            chunks = table.column(key).chunks
+            starts = np.cumsum([0] + [len(c) for c in chunks])
+            if key + SHAPE in table.column_names:
+                shapes = np.concatenate([c.flatten().to_numpy() for c in table.column(key + SHAPE).chunks])
+                rank = len(shapes) // max(self.length, 1)
+                views = [(c.offsets.to_numpy(), c.flatten().to_numpy(zero_copy_only=False)) for c in chunks]
+                self.columns[key] = (starts, views, shapes.reshape(self.length, rank))
+            else:
+                self.columns[key] = (starts, [c.to_numpy(zero_copy_only=False) for c in chunks], None)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index):
+        return self.__getitems__([index])
+
+    def __getitems__(self, indices) -> dict[str, list]:
+        indices = np.asarray(indices)
+        batch = {}
+        for key, (starts, views, shapes) in self.columns.items():
+            which = np.searchsorted(starts, indices, side="right") - 1
+            if shapes is None:
+                batch[key] = [views[c][i - starts[c]] for c, i in zip(which, indices)]
+                continue
+            items = []
+            for c, i in zip(which, indices):
+                offsets, values = views[c]
+                j = i - starts[c]
+                items.append(values[offsets[j]:offsets[j + 1]].reshape(shapes[i]))
+            batch[key] = items
+        return batch
 
 
 @dataclass

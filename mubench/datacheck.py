@@ -84,9 +84,10 @@ def check_task_data(registry, task_name: str, data_dir: Path | None = None, exam
             task.prepare(splits["train"])
             if "test" in splits:
                 task.strata(splits["test"])
+            names = getattr(task, "label_names", None)
         except UserError as e:
             report.problems.append(str(e))
-        names = getattr(task, "_label_names", None)
+            names = None
         if names:
             lines.append(f"labels ({len(names)}): {', '.join(names[:12])}{', …' if len(names) > 12 else ''}")
         lines.append("task examples: " + " · ".join(f"{role} {len(split):,}" for role, split in splits.items()))

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from mubench.api import ArrowExamples, TaskType, TensorExamples
 from mubench.errors import UserError
-from mubench.tasks.pretrained import from_hub
+from mubench.tasks.pretrained import load_processor
 
 
 class ClassificationTask(TaskType):
@@ -25,8 +25,7 @@ class ClassificationTask(TaskType):
     as in MU-Bench, ``random`` a uniformly drawn other class each time.
 
     Subclasses fed by Hugging Face models name their ``auto_class`` and
-    ``processor_class``; the processor is loaded from the family's ``processor`` or
-    ``pretrained`` param.
+    ``processor_class``; :func:`~mubench.tasks.pretrained.load_processor` loads it.
     """
 
     metric = "acc"
@@ -35,11 +34,7 @@ class ClassificationTask(TaskType):
     processor = None
 
     def use_model(self, params: dict) -> None:
-        self.processor_source = params.get("processor") or params.get("pretrained")
-        if self.processor_class and self.processor_source:
-            import transformers
-
-            self.processor = from_hub(getattr(transformers, self.processor_class).from_pretrained, self.processor_source)
+        self.processor, self.processor_source = load_processor(self.processor_class, params)
 
     def prepare(self, train) -> None:
         feature = train.features[self.column("label")]
@@ -86,7 +81,8 @@ class ClassificationTask(TaskType):
         return self.targets(split[self.column("label")])
 
     def model_kwargs(self) -> dict:
-        return {"num_labels": len(self.label_names)}
+        names = self.label_names
+        return {"num_labels": len(names), "id2label": dict(enumerate(names)), "label2id": {n: i for i, n in enumerate(names)}}
 
     def preprocess_key(self) -> dict:
         return {"task_type": self.name, "processor": self.processor_source, "labels": self.label_names,
@@ -162,6 +158,7 @@ class ImageClassificationTask(ClassificationTask):
     name = "image_classification"
     auto_class = "AutoModelForImageClassification"
     processor_class = "AutoImageProcessor"
+    in_channels: int | None = None
 
     @property
     def preprocesses(self) -> bool:
@@ -173,7 +170,9 @@ class ImageClassificationTask(ClassificationTask):
         self.in_channels = 1 if first.ndim == 2 else first.shape[-1]
 
     def model_kwargs(self) -> dict:
-        return {**super().model_kwargs(), "in_channels": self.in_channels}
+        """The head's labels, and ``in_channels`` once :meth:`prepare` has seen an image."""
+        kwargs = super().model_kwargs()
+        return kwargs if self.in_channels is None else kwargs | {"in_channels": self.in_channels}
 
     def preprocess(self, batch):
         images = [image.convert("RGB") for image in batch[self.column("image")]]

@@ -12,6 +12,7 @@ import torch
 from mubench.errors import UserError
 
 TASK_KEYS = ("processor",)  # params the task type reads, not the model
+HEAD_KEYS = ("num_labels", "id2label", "label2id")  # what a config takes from the task's model_kwargs()
 
 
 def resolve_class(task, name: str | None):
@@ -26,9 +27,22 @@ def resolve_class(task, name: str | None):
 
 
 def head_kwargs(task) -> dict:
-    """``num_labels`` and the label names of the task, for the model's config."""
-    names = task.label_names
-    return {"num_labels": len(names), "id2label": dict(enumerate(names)), "label2id": {n: i for i, n in enumerate(names)}}
+    """The head settings among the task's ``model_kwargs()`` (none for a task whose model has no class head)."""
+    return {key: value for key, value in task.model_kwargs().items() if key in HEAD_KEYS}
+
+
+def load_processor(class_name: str, params: dict):
+    """A family's processor (tokenizer, image processor, feature extractor …) of transformers class ``class_name``.
+
+    It loads from the family's ``processor`` param, else its ``pretrained`` backbone;
+    returns the processor (None without a class or a source) and that source.
+    """
+    source = params.get("processor") or params.get("pretrained")
+    if not class_name or not source:
+        return None, source
+    import transformers
+
+    return from_hub(getattr(transformers, class_name).from_pretrained, source), source
 
 
 def from_hub(load, source: str, **kwargs):
@@ -52,8 +66,11 @@ def from_hub(load, source: str, **kwargs):
             logging.enable_progress_bar()
 
 
-def label_space_problem(config, names: list[str]) -> str | None:
-    """Why a checkpoint's head (``num_labels``, ``id2label``) does not predict ``names``, or None."""
+def label_space_problem(config, head: dict) -> str | None:
+    """Why a checkpoint's head (``num_labels``, ``id2label``) does not predict the task's (:func:`head_kwargs`), or None."""
+    if "num_labels" not in head:
+        return None
+    names = [head["id2label"][i] for i in range(head["num_labels"])]
     if config.num_labels != len(names):
         return f"it predicts {config.num_labels} labels, the task has {len(names)}"
     given = [str(config.id2label.get(i, f"LABEL_{i}")) for i in range(config.num_labels)]
@@ -82,7 +99,7 @@ class Pretrained:
         """
         cls = resolve_class(task, model_class)
         model = from_hub(cls.from_pretrained, source)
-        problem = label_space_problem(model.config, task.label_names)
+        problem = label_space_problem(model.config, head_kwargs(task))
         if problem:
             raise UserError(f"original '{source}' does not fit task '{task.card.name}': {problem}")
         return model

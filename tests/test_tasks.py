@@ -145,3 +145,20 @@ def test_cached_uint8_pixels_normalise_to_what_the_processor_gives(family):
     batch = [Image.fromarray(rng.integers(0, 256, (40, 36, 3), dtype=np.uint8)) for _ in range(3)]
     expected = processor(batch, return_tensors="pt")["pixel_values"]
     assert torch.allclose(pixels(torch.from_numpy(resized_uint8(processor, batch)), processor), expected, atol=1e-5)
+
+
+def test_transformers_heads_come_from_the_tasks_model_kwargs():
+    """The head takes the label settings a task's model_kwargs() gives, and nothing else; a task with none gets none."""
+    from types import SimpleNamespace
+
+    from mubench.tasks.pretrained import head_kwargs, label_space_problem
+
+    labelled = SimpleNamespace(model_kwargs=lambda: {"num_labels": 2, "id2label": {0: "neg", 1: "pos"},
+                                                     "label2id": {"neg": 0, "pos": 1}, "in_channels": 3})
+    assert head_kwargs(labelled) == {"num_labels": 2, "id2label": {0: "neg", 1: "pos"}, "label2id": {"neg": 0, "pos": 1}}
+    assert head_kwargs(SimpleNamespace(model_kwargs=dict)) == {}
+    config = SimpleNamespace(num_labels=2, id2label={0: "NEG", 1: "POS"})
+    assert label_space_problem(config, head_kwargs(labelled)) is None  # names compare without case
+    assert label_space_problem(SimpleNamespace(num_labels=2, id2label={0: "pos", 1: "neg"}), head_kwargs(labelled)) == \
+        "its labels are ['pos', 'neg'], the task's are ['neg', 'pos']"
+    assert label_space_problem(config, {}) is None  # a generative task's model has no class head to check

@@ -3,9 +3,11 @@ import pluggy
 
 from mubench.api.card import TaskCard, load_card
 from mubench.api.method import Context, Fit, Method, Pass
-from mubench.api.task import ArrowExamples, TaskType, TensorExamples
-from mubench.data import Batch
+from mubench.api.task import TaskType
+from mubench.data import ArrowExamples, Batch, TensorExamples
+from mubench.loop import LoopReport, autocast
 
 hookimpl = pluggy.HookimplMarker("mubench")
 
-__all__ = ["ArrowExamples", "Batch", "Context", "Fit", "Method", "Pass", "TaskCard", "TaskType", "TensorExamples", "hookimpl", "load_card"]
+__all__ = ["ArrowExamples", "Batch", "Context", "Fit", "LoopReport", "Method", "Pass", "TaskCard", "TaskType", "TensorExamples",
+           "autocast", "hookimpl", "load_card"]
