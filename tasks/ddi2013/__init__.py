@@ -1,7 +1,18 @@
 """DDI-2013 from its official XML release: every drug pair of every sentence, the negatives included."""
 from __future__ import annotations
 
+import hashlib
+import os
+import shutil
+import tempfile
+import urllib.request
+import xml.etree.ElementTree as ET
+import zipfile
 from pathlib import Path
+
+from mubench.errors import UserError
+from mubench.files import atomic_path, mubench_home
+from mubench.tasks.text import RelationClassificationTask, mark_spans
 
 LABELS = ["NONE", "MECHANISM", "ADVISE", "EFFECT", "INT"]  # MU-Bench's order (DDI-false, mechanism, advise, effect, int)
 SPLITS = {"train": ("Train",), "test": ("Test", "Test for DDI Extraction task")}
@@ -30,8 +41,6 @@ def load_ddi_xml(spec: dict):
     for split, parts in SPLITS.items():
         files = sorted(root.joinpath(*parts).glob("*/*.xml"))
         if not files:
-            from mubench.errors import UserError
-
             raise UserError(f"no DDI XML files under {root.joinpath(*parts)} (expected the DDICorpus-2013 release layout)")
         rows = [pair for path in files for pair in pairs(path)]
         out[split] = datasets.Dataset.from_list(rows, features=features)
@@ -43,32 +52,23 @@ load_ddi_xml.reads_data_dir = True
 
 def downloaded(url: str) -> Path:
     """The zip at ``url``, downloaded and extracted once under ``$MUBENCH_HOME/downloads``; offline, one clear line."""
-    import hashlib
-    import os
-    import shutil
-    import tempfile
-    import urllib.request
-    import zipfile
-
-    from mubench.errors import UserError
-    from mubench.files import atomic_path, mubench_home
-
     folder = mubench_home() / "downloads" / hashlib.sha256(url.encode()).hexdigest()[:16]
     if (folder / "extracted").is_dir():
         return folder / "extracted"
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0") or os.environ.get("HF_DATASETS_OFFLINE", "0") not in ("", "0"):
         raise UserError(f"cannot download {url} in offline mode: download it yourself and pass its folder with --data-dir")
+    folder.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(dir=folder))
     try:
         with atomic_path(folder / "release.zip") as tmp:
             urllib.request.urlretrieve(url, tmp)
-        scratch = Path(tempfile.mkdtemp(dir=folder))
         with zipfile.ZipFile(folder / "release.zip") as archive:
             archive.extractall(scratch)
     except (OSError, zipfile.BadZipFile) as e:
+        shutil.rmtree(scratch, ignore_errors=True)
         raise UserError(f"cannot download {url}: {e}") from None
     os.replace(scratch, folder / "extracted")
     (folder / "release.zip").unlink()
-    shutil.rmtree(scratch, ignore_errors=True)
     return folder / "extracted"
 
 
@@ -79,10 +79,6 @@ def spans(offsets: str) -> list[tuple[int, int]]:
 
 def pairs(path: Path):
     """The pair rows of one XML document."""
-    import xml.etree.ElementTree as ET
-
-    from mubench.tasks.text import RelationClassificationTask, mark_spans
-
     document = ET.parse(path).getroot()
     for sentence in document.iter("sentence"):
         text = sentence.get("text")

@@ -4,6 +4,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from mubench.data import read_source
+from mubench.errors import UserError
+
 FIELDS = ("identifier", "sentence", "label", "left_url", "right_url")
 
 
@@ -17,9 +20,6 @@ def load_nlvr2_release(spec: dict):
     files is read by ``datasets`` instead (a ``save_to_disk`` copy with the image columns).
     """
     import datasets
-
-    from mubench.data import read_source
-    from mubench.errors import UserError
 
     folder = Path(spec["path"])
     files = spec.get("options", {}).get("files", {})

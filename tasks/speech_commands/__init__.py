@@ -5,6 +5,8 @@ import io
 
 import numpy as np
 
+from mubench.data import undecoded
+
 SILENCE = "_silence_"
 
 
@@ -27,8 +29,6 @@ def cut_silence(split):
     """One split with its long ``_silence_`` clips cut (see :func:`one_second_silence`)."""
     import datasets
     import soundfile
-
-    from mubench.data import undecoded
 
     split = undecoded(split)
     silence = split.features["label"].str2int(SILENCE)

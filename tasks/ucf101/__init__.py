@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from mubench.errors import UserError
+
 
 def frames_to_clips(raw, spec: dict):
     """Each split's frame rows (``image``, ``clip_id``, ``frame``, ``label``) as one row per clip.
@@ -23,8 +25,6 @@ def clips(frames, per_clip: int | None):
     import datasets
     import pyarrow as pa
     import pyarrow.compute as pc
-
-    from mubench.errors import UserError
 
     if frames._indices is not None:
         frames = frames.flatten_indices()
