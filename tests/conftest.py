@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from fixtures import images, nlvr2, speech, text, video
+from fixtures import FIXTURES
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 # Tiny models are published here under their real hub ids (tests/fixtures/hub.py); set before
@@ -70,17 +70,6 @@ def mubench(*args, cwd=None, env=None, timeout=300):
 @pytest.fixture
 def cli():
     return mubench
-
-
-# Each discriminative task's data in its real source layout, and the publisher of its tiny models.
-FIXTURES = {
-    "cifar100": (images.cifar100, images.publish_models),
-    "imdb": (text.imdb, text.publish_models),
-    "ddi2013": (text.ddi, text.publish_models),
-    "nlvr2": (nlvr2.nlvr2, nlvr2.publish_models),
-    "speech_commands": (speech.speech_commands, speech.publish_models),
-    "ucf101": (video.ucf101, video.publish_models),
-}
 
 
 @pytest.fixture(scope="session")

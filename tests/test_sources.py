@@ -5,8 +5,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pytest
-from conftest import FIXTURES
-from fixtures import text
+from fixtures import FIXTURES, text
 
 from mubench.errors import UserError
 

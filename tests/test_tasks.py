@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import FIXTURES
-from fixtures import images
+from fixtures import FIXTURES, images
 from tests_support import REPO
 
 METHODS = ["original", "retrain", "neggrad", "randlabel", "badt", "scrub", "salun"]
