@@ -1,7 +1,6 @@
 import torch
 
 from mubench.api import Method, Pass
-from mubench.api.losses import distill_kl
 
 
 class BadTeacher(Method):
@@ -9,7 +8,8 @@ class BadTeacher(Method):
 
     The student (θ₀ at first) imitates a randomly initialised teacher on D_f and the
     competent teacher θ₀ on a random ``retain_fraction`` of D_r, drawn anew each epoch:
-    KL(log_softmax(student/T) ‖ softmax(teacher/T)), averaged over the batch.
+    KL(softmax(teacher/T) ‖ softmax(student/T)), averaged over the batch (over target
+    tokens for language models: the task's distillation loss).
     """
 
     name = "badt"
@@ -28,4 +28,4 @@ class BadTeacher(Method):
         incompetent = self.teacher_logits(self.incompetent, batch)
         forget = batch.forget.view(-1, *[1] * (competent.dim() - 1))
         target = torch.where(forget, incompetent, competent)
-        return distill_kl(self.logits(batch), target, self.hp.temperature)
+        return self.distill(self.logits(batch), target, batch, self.hp.temperature)

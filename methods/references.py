@@ -1,5 +1,5 @@
 """The reference rows: the untouched original, exact retraining, and fine-tuning on D_r."""
-from mubench.api import Fit, LoopReport, Method
+from mubench.api import Fit, Method
 
 
 class Original(Method):
@@ -8,10 +8,8 @@ class Original(Method):
     name = "original"
     summary = "no change (the baseline row)"
     time_limited = False
+    trains = False
     defaults = {}
-
-    def unlearn(self) -> LoopReport:
-        return LoopReport()
 
 
 class Retrain(Fit):

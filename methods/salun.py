@@ -1,6 +1,5 @@
 import torch
 
-from mubench.api import autocast
 from mubench.methods.randlabel import RandLabel
 
 
@@ -27,19 +26,12 @@ class SalUn(RandLabel):
 
     def setup(self):
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.model.eval()
-        self.model.zero_grad(set_to_none=True)
-        for batch in self.loader("forget", shuffle=False):
-            batch = batch.to(self.ctx.device)
-            with autocast(self.ctx.device, self.ctx.precision):
-                loss = -self.task_loss(batch)
-            loss.backward()
-        saliency = torch.cat([p.grad.abs().flatten() for p in self.params if p.grad is not None])
+        grads = self.accumulated_gradients("forget", lambda batch: -self.task_loss(batch))
+        saliency = torch.cat([g.abs().flatten() for g in grads if g is not None])
         keep = max(1, round(self.hp.mask_ratio * saliency.numel()))
         threshold = torch.kthvalue(saliency.float().cpu(), saliency.numel() - keep + 1).values.item()
-        self.masks = [(p.grad.abs() >= threshold).to(p.dtype) if p.grad is not None else torch.zeros_like(p)
-                      for p in self.params]
-        self.model.zero_grad(set_to_none=True)
+        self.masks = [(g.abs() >= threshold).to(p.dtype) if g is not None else torch.zeros_like(p)
+                      for p, g in zip(self.params, grads)]
 
     def after_backward(self):
         for param, mask in zip(self.params, self.masks):

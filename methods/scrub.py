@@ -1,12 +1,12 @@
 from mubench.api import Method, Pass
-from mubench.api.losses import distill_kl
 
 
 class SCRUB(Method):
     """SCRUB (Kurmanji et al. 2023): a student moves away from θ₀ on D_f and stays near it on D_r.
 
     Every epoch below ``msteps`` first makes a max pass over D_f (loss −KL_T), then
-    every epoch makes a min pass over D_r (γ·CE + α·KL_T); KL_T is scaled by T².
+    every epoch makes a min pass over D_r (γ·task loss + α·KL_T); KL_T (per token for
+    language models) is scaled by T².
     Defaults are the authors': SGD, lr ×0.1 after epoch 3.
     """
 
@@ -27,7 +27,7 @@ class SCRUB(Method):
     def loss(self, batch, phase):
         logits = self.logits(batch)
         temperature = self.hp.temperature
-        kl = distill_kl(logits, self.teacher_logits(self.teacher, batch), temperature) * temperature**2
+        kl = self.distill(logits, self.teacher_logits(self.teacher, batch), batch, temperature) * temperature**2
         if phase == "max":
             return -kl
         return self.hp.gamma * self.task_loss(batch, logits=logits) + self.hp.alpha * kl

@@ -235,6 +235,7 @@ def main(argv=None) -> int:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s mubench: %(message)s", datefmt="%H:%M:%S"))
     log.addHandler(handler)  # mubench's own messages; libraries keep their own logging
+    log.propagate = False  # a library that configures the root logger (absl, via rouge-score) must not print them twice
     log.setLevel(logging.WARNING if args.quiet else logging.INFO)
     try:
         return COMMANDS[args.command](args)

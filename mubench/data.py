@@ -368,12 +368,17 @@ class UnlearningData:
         return _Part(data, idx, flags)
 
     def loader(self, name: str, batch_size: int, shuffle: bool = True, **part_options) -> DataLoader:
-        """A DataLoader of :class:`Batch` over part ``name`` (see :meth:`part`)."""
+        """A DataLoader of :class:`Batch` over part ``name`` (see :meth:`part`).
+
+        Only a shuffled loader draws from the data's generator; an unshuffled one
+        (evaluation) gets its own, so that evaluating never moves the training's
+        random streams (a DataLoader draws a seed from its generator on every pass).
+        """
         return DataLoader(
             self.part(name, **part_options),
             batch_size=batch_size,
             shuffle=shuffle,
-            generator=self.generator,
+            generator=self.generator if shuffle else torch.Generator().manual_seed(0),
             collate_fn=self._collate,
             pin_memory=self.pin_memory,
         )

@@ -1,4 +1,4 @@
-"""The harness core: resolve task × model × method, unlearn, evaluate, emit the result."""
+"""The harness core: resolve task × model × method, prepare the data and θ₀, evaluate, unlearn, evaluate, emit the result."""
 from __future__ import annotations
 
 import datetime
@@ -14,20 +14,18 @@ import torch
 
 from mubench import __version__
 from mubench.api.method import Context
-from mubench.api.metrics import attack_metrics, overall_score
 from mubench.api.registry import Registry
 from mubench.data import UnlearningData, fingerprint, load_splits, preprocessed
 from mubench.errors import UserError
+from mubench.evaluation import Evaluator, assess, describe, select_metrics
 from mubench.files import ensure_writable, write_json
-from mubench.loop import Budget, evaluate, resolve_device, resolve_precision
+from mubench.loop import Budget, resolve_device, resolve_precision
 from mubench.lora import LoraSpec, apply_lora
 from mubench.originals import Family, resolve_original
 from mubench.results import SCHEMA_VERSION, environment, finite, result_filename, validate_result
 from mubench.splits import forget_indices, indices_sha256
 
 log = logging.getLogger("mubench")
-
-EVAL_PARTS = ("test", "forget", "retain")
 
 
 @dataclass
@@ -86,6 +84,7 @@ class Prepared:
                             f"{', '.join(f'{r:g}' for r in self.card.ratios)}")
         if data_dir is not None and not Path(data_dir).is_dir():
             raise UserError(f"--data-dir {data_dir}: no such folder")
+        self.metrics = select_metrics(self.card, self.task, registry.metrics)
         self.registry, self.data_dir = registry, data_dir
 
     def load(self) -> None:
@@ -102,7 +101,12 @@ class Prepared:
         self.train, self.test = self.task.encode(splits["train"]), self.task.encode(splits["test"])
 
     def original(self, device, precision, retrain_cache: bool = False):
-        return resolve_original(self.card, self.family, self.train, self.test, self.data_sha256, device, precision, retrain_cache)
+        evaluator = Evaluator.for_card(self.card, self.task, self.metrics, device, precision)
+        return resolve_original(self.card, self.family, self.train, self.test, self.data_sha256, evaluator, retrain_cache)
+
+    def data(self, device, seed: int = 0) -> UnlearningData:
+        """D_f, D_r and D_test of this task, with loaders seeded by ``seed`` (evaluation reads them unshuffled)."""
+        return UnlearningData(self.task, self.train, self.test, self.forget, seed, device)
 
     def context(self, model: torch.nn.Module, seed: int, device, precision: str, budget: Budget | None = None,
                 lora: LoraSpec | None = None) -> Context:
@@ -110,7 +114,7 @@ class Prepared:
 
         With ``lora``, fresh models (retraining's, Bad-T's teacher) carry the same adapters.
         """
-        data = UnlearningData(self.task, self.train, self.test, self.forget, seed, device)
+        data = self.data(device, seed)
         build = self.family.build if lora is None else (lambda: apply_lora(self.family.build(), lora)[0])
         return Context(self.task, model, data, device, precision, build, torch.Generator().manual_seed(seed),
                        budget or Budget())
@@ -133,17 +137,23 @@ def unlearning_budget(setting, method_cls, original, card, n_retain: int, device
     return Budget(steps=int(recipe.get("epochs", 1)) * math.ceil(n_retain / int(recipe.get("batch_size", 32))))
 
 
-def assess(card, task, model, data: UnlearningData, device, precision: str, seed: int) -> dict:
-    """The task metrics on D_test, D_f and D_r, and the membership-inference attacks on D_f."""
-    outputs, metrics = evaluate(task, model, data, EVAL_PARTS, card.eval.get("batch_size", 256), device, precision,
-                                {"retain": card.eval.get("max_retain")})
-    return metrics | attack_metrics(outputs, seed)
+@dataclass
+class Plan:
+    """A resolved run: task × model × method with every setting decided, before any data is read."""
+
+    config: RunConfig
+    prepared: Prepared
+    method_cls: type
+    args: dict
+    budget_setting: str | float
+    device: torch.device
+    precision: str
+    seed: int
+    evaluator: Evaluator
 
 
-def run(config: RunConfig, registry: Registry | None = None) -> tuple[dict, Path]:
-    """Unlearn and evaluate as ``config`` says; returns the result and the file it was written to."""
-    started = time.perf_counter()
-    registry = registry or Registry(config.include_paths)
+def resolve(config: RunConfig, registry: Registry) -> Plan:
+    """Stage 1: the card, model family, method, hyperparameters, device, seed and metrics; every user error here."""
     prepared = Prepared(registry, config.task, config.model, config.deletion_ratio, config.data_dir, config.original)
     card, task = prepared.card, prepared.task
     method_cls = registry.method(config.method)
@@ -156,61 +166,84 @@ def run(config: RunConfig, registry: Registry | None = None) -> tuple[dict, Path
     if reason:
         raise UserError(f"method '{method_cls.name}' cannot run on task '{card.name}': {reason}")
     ensure_writable(config.output_path)
+    return Plan(config, prepared, method_cls, args, budget_setting, device, precision, seed,
+                Evaluator.for_card(card, task, prepared.metrics, device, precision))
+
+
+def unlearn(plan: Plan, original) -> tuple[Context, object, Budget, dict | None]:
+    """Stage 5: the method on a context around θ₀, seeded with the run seed; returns the context, its report, the budget and LoRA."""
+    prepared, card = plan.prepared, plan.prepared.card
+    budget = unlearning_budget(plan.budget_setting, plan.method_cls, original, card, prepared.n_train - len(prepared.forget), plan.device)
+    ctx = prepared.context(original.model, plan.seed, plan.device, plan.precision, budget, plan.config.lora)
+    peft = None
+    if plan.config.lora is not None:
+        ctx.model, peft = apply_lora(original.model, plan.config.lora)
+    method = plan.method_cls(ctx, plan.args)
+    seed_everything(plan.seed)
+    log.info("unlearning: %s on %s/%s, |D_f| = %d (%g%%)", plan.method_cls.name, card.name, prepared.family.name,
+             len(ctx.data.forget), prepared.ratio * 100)
+    return ctx, method.unlearn(), budget, peft
+
+
+def run(config: RunConfig, registry: Registry | None = None) -> tuple[dict, Path]:
+    """Unlearn and evaluate as ``config`` says; returns the result and the file it was written to.
+
+    Stages: resolve → prepare data → original model → evaluate the original (which
+    does not depend on the run seed) → unlearn → evaluate → assemble the result.
+    """
+    started = time.perf_counter()
+    plan = resolve(config, registry or Registry(config.include_paths))
+    prepared, evaluator = plan.prepared, plan.evaluator
 
     prepared.load()
-    seed_everything(seed)
     t0 = time.perf_counter()
-    original = prepared.original(device, precision)
+    original = prepared.original(plan.device, plan.precision)
     original_s = time.perf_counter() - t0
-
-    budget = unlearning_budget(budget_setting, method_cls, original, card, prepared.n_train - len(prepared.forget), device)
-    ctx = prepared.context(original.model, seed, device, precision, budget, config.lora)
-    data = ctx.data
-    t0 = time.perf_counter()
-    before = assess(card, task, original.model, data, device, precision, seed)
-    eval_s = time.perf_counter() - t0
     n_parameters = sum(p.numel() for p in original.model.parameters())
-    peft = None
-    if config.lora is not None:
-        ctx.model, peft = apply_lora(original.model, config.lora)
-
-    method = method_cls(ctx, args)
-    seed_everything(seed)
-    log.info("unlearning: %s on %s/%s, |D_f| = %d (%g%%)", method_cls.name, card.name, prepared.family.name,
-             len(data.forget), prepared.ratio * 100)
-    report = method.unlearn()
 
     t0 = time.perf_counter()
-    after = assess(card, task, ctx.model, data, device, precision, seed)
-    eval_s += time.perf_counter() - t0
-    metric = task.metric
-    for block in (before, after):
-        block["overall_score"] = overall_score(block[f"test_{metric}"], before[f"test_{metric}"], block[f"forget_{metric}"], task.chance)
+    data = prepared.data(plan.device)
+    before = assess(evaluator, original.model, data)
+    eval_s = time.perf_counter() - t0
 
+    ctx, report, budget, peft = unlearn(plan, original)
+
+    t0 = time.perf_counter()
+    after = assess(evaluator, ctx.model, data, before)
+    eval_s += time.perf_counter() - t0
+    times = {"unlearn_s": report.seconds, "eval_s": eval_s, "original_s": original_s, "total_s": time.perf_counter() - started}
+    result = assemble(plan, original, before, after, report, budget, peft, times, n_parameters,
+                      sum(p.numel() for p in ctx.model.parameters() if p.requires_grad))
+    path = config.output_path / result_filename(result)
+    write_json(path, result)
+    return result, path
+
+
+def assemble(plan: Plan, original, before: dict, after: dict, report, budget: Budget, peft, times: dict,
+             n_parameters: int, n_trainable: int) -> dict:
+    """Stage 7: the result JSON, validated against the schema."""
+    prepared, card = plan.prepared, plan.prepared.card
     result = {
         "schema_version": SCHEMA_VERSION,
         "mubench_version": __version__,
         "task": card.name,
-        "method": method_cls.name,
+        "method": plan.method_cls.name,
         "model": prepared.family.name,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "config": {"deletion_ratio": prepared.ratio, "seed": seed, "method_args": args, "device": device.type,
-                   "precision": precision, "time_budget": budget_setting, "peft": peft},
-        "split": {"n_train": prepared.n_train, "n_forget": len(data.forget), "n_retain": len(data.retain),
-                  "n_test": prepared.n_test, "forget_sha256": indices_sha256(data.forget),
+        "config": {"deletion_ratio": prepared.ratio, "seed": plan.seed, "method_args": plan.args, "device": plan.device.type,
+                   "precision": plan.precision, "time_budget": plan.budget_setting, "peft": peft},
+        "split": {"n_train": prepared.n_train, "n_forget": len(prepared.forget), "n_retain": prepared.n_train - len(prepared.forget),
+                  "n_test": prepared.n_test, "forget_sha256": indices_sha256(prepared.forget),
                   "split_seed": card.split_seed, "data_sha256": prepared.data_sha256},
+        "metrics": describe(plan.evaluator.metrics),
         "results": {"original": finite(before), "unlearned": finite(after)},
-        "times": {"unlearn_s": report.seconds, "eval_s": eval_s, "original_s": original_s,
-                  "total_s": time.perf_counter() - started},
+        "times": times,
         "unlearning": {"steps": report.steps, "budget_s": budget.seconds, "budget_steps": budget.steps,
                        "budget_exhausted": report.budget_exhausted, "diverged": report.diverged},
         "model_info": {"architecture": prepared.family.spec["architecture"], "original": original.source,
-                       "n_parameters": n_parameters,
-                       "trainable_fraction": sum(p.numel() for p in ctx.model.parameters() if p.requires_grad) / n_parameters},
+                       "n_parameters": n_parameters, "trainable_fraction": n_trainable / n_parameters},
         "task_card": {"sha256": card.sha256},
-        "environment": environment(device),
+        "environment": environment(plan.device),
     }
     validate_result(result, "result")
-    path = config.output_path / result_filename(result)
-    write_json(path, result)
-    return result, path
+    return result

@@ -76,3 +76,16 @@ def mubench_methods():
 
     Returns a list of classes, keyed by their ``name``.
     """
+
+
+@hookspec
+def mubench_metrics():
+    """Metrics and attacks (:class:`mubench.api.Metric`) that cards select by name in ``metrics:``.
+
+    Returns a list of metrics, keyed by their ``name``. A metric says its direction
+    (``higher_is_better``), the per-example record columns it ``needs`` (``loss``,
+    ``confidence``, ``correct``, ``score``, ``generation``, ``reference``,
+    ``token_logprobs``, ``token_correct``, or any a task type records), its
+    ``scope`` (one value per split, or one attack value on D_f) and what
+    ``forgotten`` means for it (reach chance, match the retrained model, lower, higher).
+    """

@@ -1,8 +1,9 @@
-"""The one training loop and the one evaluation loop.
+"""The one training loop.
 
-Device placement, precision (bf16 autocast on GPU), progress bars, learning-rate
-decay and the time budget live here, once; methods only say what is particular
-to them (see :class:`mubench.api.Method`).
+Device placement, precision (bf16 autocast on GPU), progress bars, gradient
+accumulation and clipping, learning-rate warm-up and decay and the time budget live
+here, once; methods only say what is particular to them (see
+:class:`mubench.api.Method`). Evaluation lives in :mod:`mubench.evaluation`.
 """
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 import torch._dynamo  # noqa: F401  torch's optimisers import it on first use (seconds); not inside a timed run
 from tqdm.auto import tqdm
@@ -87,29 +87,50 @@ class LoopReport:
     diverged: bool = False
 
 
+def learning_rate_factor(step: int, epoch: int, warmup_steps: int, milestones: list, decay: float) -> float:
+    """Linear warm-up over the first ``warmup_steps`` optimiser steps, times ``decay`` per milestone epoch passed."""
+    warm = min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+    return warm * decay ** sum(epoch >= m for m in milestones)
+
+
 def optimise(objective, model: torch.nn.Module, epochs: int, device: torch.device, precision: str,
              budget: Budget | None = None, desc: str = "train") -> LoopReport:
     """Run ``objective`` (a :class:`mubench.api.Method`) on ``model`` for ``epochs`` epochs.
 
-    Each epoch runs the objective's passes in order; each batch takes one optimiser
-    step on the objective's loss. Learning-rate decay follows ``lr_decay_epochs``.
+    Each epoch runs the objective's passes in order. Gradients of
+    ``grad_accum_steps`` batches (fewer at the end of a pass) make one optimiser
+    step, after the objective's gradient surgery and clipping to ``max_grad_norm``
+    (0: none); the learning rate warms up linearly over ``warmup_steps`` steps and
+    decays at ``lr_decay_epochs``. The objective's ``step`` is the optimiser step
+    the current batch contributes to.
     """
     settings = objective.optimizer_settings()
-    milestones = settings.pop("lr_decay_epochs")
-    decay = settings.pop("lr_decay")
+    milestones, decay = settings.pop("lr_decay_epochs"), settings.pop("lr_decay")
+    accumulate, max_norm, warmup = settings.pop("grad_accum_steps"), settings.pop("max_grad_norm"), settings.pop("warmup_steps")
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, **settings)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, decay) if milestones else None
+    base_lrs = [group["lr"] for group in optimizer.param_groups]
     report = LoopReport()
     model.train()
     start = time.perf_counter()
+    pending = 0
     with tqdm(desc=desc, unit="step", disable=None, leave=False) as bar:
-        for epoch, phase, batch, last in _batches(objective, epochs, scheduler):
+        for epoch, phase, batch, last in _batches(objective, epochs):
+            objective.step = report.steps
             batch = batch.to(device)
             with autocast(device, precision):
                 loss = objective.loss(batch, phase)
-            loss.backward()
+            (loss / accumulate if accumulate > 1 else loss).backward()
+            pending += 1
+            if pending < accumulate and not last:
+                continue
+            pending = 0
             objective.after_backward()
+            if max_norm > 0:
+                torch.nn.utils.clip_grad_norm_(params, max_norm)
+            factor = learning_rate_factor(report.steps, epoch, warmup, milestones, decay)
+            for group, lr in zip(optimizer.param_groups, base_lrs):
+                group["lr"] = lr * factor
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             report.steps += 1
@@ -126,38 +147,30 @@ def optimise(objective, model: torch.nn.Module, epochs: int, device: torch.devic
     return report
 
 
-def _batches(objective, epochs: int, scheduler):
-    """(epoch, phase, batch, last of its pass) for every step; decays the learning rate per epoch."""
+def accumulate_gradients(model: torch.nn.Module, batches, loss, device: torch.device, precision: str) -> list[torch.Tensor | None]:
+    """The gradient of ``loss(batch)`` summed over ``batches``, from zero, per trainable parameter (None where none flows).
+
+    The model is in eval mode and its ``.grad`` fields are cleared afterwards (saliency
+    maps, Fisher-style estimates).
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    model.eval()
+    model.zero_grad(set_to_none=True)
+    for batch in batches:
+        batch = batch.to(device)
+        with autocast(device, precision):
+            value = loss(batch)
+        value.backward()
+    grads = [p.grad for p in params]
+    model.zero_grad(set_to_none=True)
+    return grads
+
+
+def _batches(objective, epochs: int):
+    """(epoch, phase, batch, last of its pass) for every batch."""
     for epoch in range(epochs):
         for phase, loader in objective.passes(epoch):
             remaining = len(loader)
             for batch in loader:
                 remaining -= 1
                 yield epoch, phase, batch, remaining == 0
-        if scheduler:
-            scheduler.step()
-
-
-def predict(task, model: torch.nn.Module, loader, device: torch.device, precision: str, desc: str = "eval") -> dict[str, np.ndarray]:
-    """The task's per-example outputs over ``loader``, concatenated, in loader order."""
-    model.eval()
-    chunks: dict[str, list] = {}
-    with torch.inference_mode(), tqdm(loader, desc=desc, unit="batch", disable=None, leave=False) as bar:
-        for batch in bar:
-            batch = batch.to(device)
-            with autocast(device, precision):
-                logits = task.forward(model, batch.inputs)
-            for key, value in task.eval_outputs(logits.float(), batch.inputs).items():
-                chunks.setdefault(key, []).append(value.detach().float().cpu())
-    return {key: torch.cat(values).numpy() for key, values in chunks.items()}
-
-
-def evaluate(task, model: torch.nn.Module, data, parts, batch_size: int, device: torch.device, precision: str,
-             max_sizes: dict | None = None) -> tuple[dict, dict]:
-    """Per-example outputs and ``<part>_<metric>`` metrics of ``model`` on each of ``parts``."""
-    outputs, metrics = {}, {}
-    for part in parts:
-        loader = data.loader(part, batch_size, shuffle=False, max_size=(max_sizes or {}).get(part))
-        outputs[part] = predict(task, model, loader, device, precision, desc=f"eval {part}")
-        metrics.update({f"{part}_{name}": value for name, value in task.metrics(outputs[part]).items()})
-    return outputs, metrics

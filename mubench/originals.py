@@ -22,8 +22,9 @@ from mubench import __version__
 from mubench.api.method import Context, Fit
 from mubench.data import UnlearningData
 from mubench.errors import UserError
+from mubench.evaluation import Evaluator
 from mubench.files import atomic_path, mubench_home, write_json
-from mubench.loop import evaluate
+from mubench.results import finite
 
 log = logging.getLogger("mubench")
 
@@ -114,22 +115,31 @@ def checkpoint_file(source: str) -> Path:
         raise UserError(f"original checkpoint '{source}' cannot be fetched from the hub: {str(e).splitlines()[0]}") from None
 
 
-def train_original(card, family: Family, train, test, device, precision: str) -> tuple[torch.nn.Module, dict]:
-    """Train θ₀ on the whole training split with the card's ``train`` recipe."""
+def train_original(card, family: Family, train, test, evaluator: Evaluator) -> tuple[torch.nn.Module, dict]:
+    """Train θ₀ on the whole training split with the card's ``train`` recipe.
+
+    The card's per-split metrics on the training split (capped at ``eval.max_retain``)
+    and the test split are recorded before and after, so that what unlearning should
+    remove was demonstrably learned.
+    """
+    device, precision = evaluator.device, evaluator.precision
     seed = int(card.data["train"].get("seed", 0))
     torch.manual_seed(seed)
     model = family.build().to(device)
     data = UnlearningData(family.task, train, test, forget=np.array([], dtype=np.int64), seed=seed, device=device)
+    _, before = evaluator.evaluate(model, data, ("train", "test"))
     ctx = Context(family.task, model, data, device, precision, family.build, torch.Generator().manual_seed(seed))
     fit = Fit(ctx, Fit.resolve_args(card))
     report = fit.unlearn()
-    _, metrics = evaluate(family.task, model, data, ("train", "test"), card.eval.get("batch_size", 256), device, precision)
-    return model, {"train_seconds": report.seconds, "train_steps": report.steps, "train_seed": seed, "metrics": metrics}
+    _, metrics = evaluator.evaluate(model, data, ("train", "test"))
+    return model, {"train_seconds": report.seconds, "train_steps": report.steps, "train_seed": seed,
+                   "metrics_before": finite(before), "metrics": finite(metrics)}
 
 
-def resolve_original(card, family: Family, train, test, data_sha256: str, device, precision: str,
+def resolve_original(card, family: Family, train, test, data_sha256: str, evaluator: Evaluator,
                      retrain_cache: bool = False) -> Original:
-    """θ₀ in the order: the card's checkpoint, the local cache, training it here (then cached)."""
+    """θ₀ in the order: the card's checkpoint, the local cache, training it here (then cached); on the evaluator's device."""
+    device = evaluator.device
     source = family.spec["original"]
     if source != "train":
         published = family.load_published(source)
@@ -146,7 +156,7 @@ def resolve_original(card, family: Family, train, test, data_sha256: str, device
         return Original(model.to(device), sidecar, str(folder))
     log.info("original model: training %s on %s (%d examples)", family.name, card.name, len(train))
     start = time.perf_counter()
-    model, stats = train_original(card, family, train, test, device, precision)
+    model, stats = train_original(card, family, train, test, evaluator)
     sidecar = {
         "format": "mubench-checkpoint/1",
         "task": card.name,

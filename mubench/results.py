@@ -14,7 +14,7 @@ from mubench import __version__
 from mubench.api.card import schema_errors
 from mubench.errors import UserError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 PACKAGES = ("torch", "transformers", "datasets", "numpy", "scikit-learn", "safetensors")
 
 
@@ -75,6 +75,22 @@ def validate_result(result: dict, source) -> None:
         raise UserError(f"{source}: key 'split': n_forget + n_retain must equal n_train")
     if result["method"] == "original" and result["results"]["original"] != result["results"]["unlearned"]:
         raise UserError(f"{source}: key 'results': the 'original' method must leave the model's metrics unchanged")
+    described = result["metrics"]
+    for block, values in result["results"].items():
+        for key in values:
+            if key != "overall_score" and key.split("_", 1)[1] not in described:
+                raise UserError(f"{source}: key 'results.{block}.{key}': metric '{key.split('_', 1)[1]}' is not described in 'metrics'")
+
+
+def direction(result: dict, key: str) -> str:
+    """`` ↑``/`` ↓`` for a metric where higher/lower is better (on D_f, what forgetting moves it towards)."""
+    if key == "overall_score":
+        return "  ↑"
+    part, name = key.split("_", 1)
+    meaning = result["metrics"].get(name, {})
+    if part == "forget":
+        return {"lower": "  ↓", "higher": "  ↑", "chance": "  → chance", "retrain": "  → retrain"}.get(meaning.get("forgotten"), "")
+    return "  ↑" if meaning.get("higher_is_better") else "  ↓"
 
 
 def summary_table(result: dict) -> str:
@@ -86,7 +102,7 @@ def summary_table(result: dict) -> str:
              f"{'metric':<{width}}  {'original':>9}  {'unlearned':>9}"]
     for key in original:
         row = [original[key], unlearned.get(key)]
-        lines.append(f"{key:<{width}}  " + "  ".join("      n/a" if v is None else f"{v:9.4f}" for v in row))
+        lines.append(f"{key:<{width}}  " + "  ".join("      n/a" if v is None else f"{v:9.4f}" for v in row) + direction(result, key))
     times = result["times"]
     lines.append(f"{'unlearn_s':<{width}}  {'':>9}  {times['unlearn_s']:9.2f}")
     return "\n".join(lines)

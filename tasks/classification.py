@@ -107,10 +107,8 @@ class ClassificationTask(TaskType):
     def eval_outputs(self, logits, inputs):
         labels = inputs["labels"]
         true = F.log_softmax(logits, dim=-1).gather(1, labels[:, None])[:, 0]
-        return {"loss": -true, "confidence": true.exp(), "correct": (logits.argmax(-1) == labels).float(), "stratum": labels}
-
-    def metrics(self, outputs):
-        return {"acc": float(outputs["correct"].mean())}
+        correct = (logits.argmax(-1) == labels).float()
+        return {"loss": -true, "confidence": true.exp(), "correct": correct, "score": correct, "stratum": labels}
 
     @property
     def chance(self) -> float:

@@ -22,7 +22,8 @@ def result(run_digits):
     (lambda r: r["split"].update(n_forget=r["split"]["n_forget"] + 1), "n_forget + n_retain must equal n_train"),
     (lambda r: r["results"]["unlearned"].update(dev_acc=0.5), "key 'results.unlearned'"),
     (lambda r: r["results"]["unlearned"].pop("overall_score"), "'overall_score' is a required property"),
-    (lambda r: r["results"]["unlearned"].update(forget_mia_efficacy=1.5), "key 'results.unlearned.forget_mia_efficacy'"),
+    (lambda r: r["results"]["unlearned"].update(test_bleu=0.5), "key 'results.unlearned.test_bleu': metric 'bleu' is not described"),
+    (lambda r: r["metrics"]["acc"].update(forgotten="gone"), "key 'metrics.acc.forgotten'"),
     (lambda r: r["config"].update(device="tpu"), "key 'config.device'"),
     (lambda r: r.update(method="original"), "'original' method must leave the model's metrics unchanged"),
 ])

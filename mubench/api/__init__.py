@@ -3,11 +3,12 @@ import pluggy
 
 from mubench.api.card import TaskCard, load_card
 from mubench.api.method import Context, Fit, Method, Pass
+from mubench.api.metric import Metric
 from mubench.api.task import TaskType
 from mubench.data import ArrowExamples, Batch, TensorExamples
 from mubench.loop import LoopReport, autocast
 
 hookimpl = pluggy.HookimplMarker("mubench")
 
-__all__ = ["ArrowExamples", "Batch", "Context", "Fit", "LoopReport", "Method", "Pass", "TaskCard", "TaskType", "TensorExamples",
+__all__ = ["ArrowExamples", "Batch", "Context", "Fit", "LoopReport", "Method", "Metric", "Pass", "TaskCard", "TaskType", "TensorExamples",
            "autocast", "hookimpl", "load_card"]

@@ -1,8 +1,18 @@
-"""Losses that methods share."""
+"""Losses that methods and task types share.
+
+Sequence losses take logits ``[batch, tokens, vocabulary]`` aligned with ``labels``
+``[batch, tokens]`` (``logits[:, t]`` predicts ``labels[:, t]``; ``IGNORE`` marks
+padding and prompt tokens). They go one example at a time in fp32, each under
+activation checkpointing when gradients flow, so that no fp32 copy of the whole
+``[batch, tokens, vocabulary]`` tensor is ever made or kept.
+"""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+IGNORE = -100
 
 
 def distill_kl(student: torch.Tensor, target: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -15,3 +25,38 @@ def distill_kl(student: torch.Tensor, target: torch.Tensor, temperature: float =
     log_student = F.log_softmax(student.reshape(-1, classes).float() / temperature, dim=-1)
     log_target = F.log_softmax(target.reshape(-1, classes).float() / temperature, dim=-1)
     return F.kl_div(log_student, log_target, reduction="batchmean", log_target=True)
+
+
+def _per_row(fn, *tensors: torch.Tensor) -> torch.Tensor:
+    """``fn`` applied to each example (row of the batch), checkpointed when gradients flow; results stacked."""
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+    rows = [checkpoint(fn, *(t[i] for t in tensors), use_reentrant=False) if grad else fn(*(t[i] for t in tensors))
+            for i in range(tensors[0].shape[0])]
+    return torch.stack(rows)
+
+
+def _row_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    logits = logits.float()
+    return logits.gather(-1, labels.clamp_min(0)[:, None])[:, 0] - torch.logsumexp(logits, dim=-1)
+
+
+def label_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """log p(label) at every position, ``[batch, tokens]`` in fp32; 0 where the label is ``IGNORE``."""
+    return _per_row(_row_logprobs, logits, labels) * (labels != IGNORE)
+
+
+def sequence_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-example mean NLL over its target tokens, ``[batch]`` (0 for an example without any)."""
+    mask = labels != IGNORE
+    return -label_logprobs(logits, labels).sum(1) / mask.sum(1).clamp_min(1)
+
+
+def token_kl(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """KL(softmax(teacher/T) ‖ softmax(student/T)) per target token (``labels`` not ``IGNORE``), averaged over those tokens."""
+    def row(s, t):
+        log_s = F.log_softmax(s.float() / temperature, dim=-1)
+        log_t = F.log_softmax(t.float() / temperature, dim=-1)
+        return (log_t.exp() * (log_t - log_s)).sum(-1)
+
+    mask = labels != IGNORE
+    return (_per_row(row, student, teacher) * mask).sum() / mask.sum().clamp_min(1)

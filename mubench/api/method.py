@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from mubench.api.task import TaskType
 from mubench.data import Batch, UnlearningData
 from mubench.errors import UserError, unknown_name
-from mubench.loop import OPTIMIZERS, Budget, LoopReport, optimise
+from mubench.loop import OPTIMIZERS, Budget, LoopReport, accumulate_gradients, optimise
 
 
 class Pass(NamedTuple):
@@ -60,22 +60,26 @@ class Method:
     ``defaults`` lists every hyperparameter with its default; the card's ``unlearn``
     section (or ``train`` where ``recipe = "train"``), then ``methods.<name>``, then
     ``--method-args`` override them. ``time_limited`` methods stop when unlearning
-    would take longer than retraining.
+    would take longer than retraining. A method with ``trains = False`` does all its
+    work in :meth:`setup` (an edit of the weights, no optimiser), timed and budgeted
+    like the rest. During training, ``step`` is the optimiser step being taken.
     """
 
     name: ClassVar[str]
     summary: ClassVar[str] = ""
     recipe: ClassVar[str] = "unlearn"
     time_limited: ClassVar[bool] = True
+    trains: ClassVar[bool] = True
     defaults: ClassVar[dict] = dict(
         epochs=1, batch_size=32, optimizer="adam", lr=1e-4, momentum=0.9, weight_decay=0.0,
-        lr_decay_epochs=[], lr_decay=0.1,
+        lr_decay_epochs=[], lr_decay=0.1, grad_accum_steps=1, max_grad_norm=0.0, warmup_steps=0,
     )
     choices: ClassVar[dict] = {"optimizer": tuple(OPTIMIZERS)}
 
     def __init__(self, ctx: Context, args: dict):
         self.ctx = ctx
         self.hp = SimpleNamespace(**args)
+        self.step = 0
 
     @classmethod
     def resolve_args(cls, card, overrides: dict | None = None) -> dict:
@@ -103,9 +107,12 @@ class Method:
         for key, allowed in cls.choices.items():
             if key in args and args[key] not in allowed:
                 return f"{key} must be one of {', '.join(allowed)}, got {args[key]!r}"
-        for key in ("epochs", "batch_size", "lr"):
+        for key in ("epochs", "batch_size", "lr", "grad_accum_steps"):
             if key in args and not args[key] > 0:
                 return f"{key} must be positive, got {args[key]}"
+        for key in ("max_grad_norm", "warmup_steps"):
+            if key in args and not args[key] >= 0:
+                return f"{key} must not be negative, got {args[key]}"
         return None
 
     @classmethod
@@ -137,18 +144,22 @@ class Method:
         """Gradient surgery between ``backward()`` and the optimiser step."""
 
     def optimizer_settings(self) -> dict:
-        """Optimiser name, learning rate and decay, read from the hyperparameters."""
+        """Optimiser, learning-rate schedule, accumulation and clipping, read from the hyperparameters."""
         hp = self.hp
         return dict(optimizer=hp.optimizer, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay,
-                    lr_decay_epochs=list(hp.lr_decay_epochs), lr_decay=hp.lr_decay)
+                    lr_decay_epochs=list(hp.lr_decay_epochs), lr_decay=hp.lr_decay, grad_accum_steps=hp.grad_accum_steps,
+                    max_grad_norm=hp.max_grad_norm, warmup_steps=hp.warmup_steps)
 
     def unlearn(self) -> LoopReport:
-        """Set up, then optimise for ``epochs`` epochs; the core times the whole call."""
+        """Set up, then (for a method that ``trains``) optimise for ``epochs`` epochs; the whole call is timed."""
         start = time.perf_counter()
         self.ctx.budget.start()
         self.setup()
-        report = optimise(self, self.model, self.hp.epochs, self.ctx.device, self.ctx.precision,
-                          self.ctx.budget, desc=self.name)
+        if self.trains:
+            report = optimise(self, self.model, self.hp.epochs, self.ctx.device, self.ctx.precision,
+                              self.ctx.budget, desc=self.name)
+        else:
+            report = LoopReport(budget_exhausted=self.ctx.budget.spent(0))
         report.seconds = time.perf_counter() - start
         return report
 
@@ -156,6 +167,15 @@ class Method:
     def loader(self, part: str, batch_size: int | None = None, **options) -> DataLoader:
         """A shuffled loader over ``part`` (``forget``, ``retain``, ``train``) at the method's batch size."""
         return self.ctx.data.loader(part, batch_size or self.hp.batch_size, **options)
+
+    def paired(self, batch_size: int | None = None, retain_batch_size: int | None = None) -> PairedLoader:
+        """Batches of D_f each paired with a batch of D_r (cycled), for losses that need both in one step."""
+        forget = self.loader("forget", batch_size)
+        return PairedLoader(forget, self.loader("retain", retain_batch_size or batch_size))
+
+    def accumulated_gradients(self, part: str, loss: Callable[[Batch], torch.Tensor], batch_size: int | None = None):
+        """The gradient of ``loss`` summed over ``part`` (unshuffled), per trainable parameter of the model."""
+        return accumulate_gradients(self.model, self.loader(part, batch_size, shuffle=False), loss, self.ctx.device, self.ctx.precision)
 
     def logits(self, batch: Batch, model: torch.nn.Module | None = None) -> torch.Tensor:
         return self.task.forward(model if model is not None else self.model, batch.inputs)
@@ -165,11 +185,48 @@ class Method:
         with torch.no_grad():
             return self.logits(batch, teacher)
 
+    def distill(self, logits: torch.Tensor, teacher: torch.Tensor, batch: Batch, temperature: float = 1.0) -> torch.Tensor:
+        """The task's distillation loss, KL(teacher ‖ student) (per token for language models)."""
+        return self.task.distill(logits, teacher, batch.inputs, temperature)
+
     def task_loss(self, batch: Batch, logits: torch.Tensor | None = None, inputs: dict | None = None) -> torch.Tensor:
         """The mean task loss of ``batch`` (against ``inputs`` if given, e.g. relabelled ones)."""
         inputs = inputs if inputs is not None else batch.inputs
         logits = logits if logits is not None else self.task.forward(self.model, inputs)
         return self.task.loss(logits, inputs).mean()
+
+
+@dataclass
+class Pair:
+    """A D_f batch and a D_r batch taken in one step."""
+
+    forget: Batch
+    retain: Batch
+
+    def to(self, device: torch.device) -> Pair:
+        return Pair(self.forget.to(device), self.retain.to(device))
+
+
+class PairedLoader:
+    """Each batch of ``forget`` with the next batch of ``retain``, which restarts (reshuffled) when it runs out."""
+
+    def __init__(self, forget: DataLoader, retain: DataLoader):
+        self.forget, self.retain = forget, retain
+
+    def __len__(self) -> int:
+        return len(self.forget)
+
+    def __iter__(self):
+        if len(self.retain) == 0:
+            raise UserError("this method pairs D_f with D_r batches, but D_r is empty")
+        retain = iter(self.retain)
+        for batch in self.forget:
+            try:
+                other = next(retain)
+            except StopIteration:
+                retain = iter(self.retain)
+                other = next(retain)
+            yield Pair(batch, other)
 
 
 def _coerce(key: str, value, default, source: str):

@@ -18,7 +18,7 @@ PROJECT = "mubench"
 
 
 class Registry:
-    """Tasks (cards), task types, dataset loaders and adapters, architectures and methods of all plugins."""
+    """Tasks (cards), task types, dataset loaders and adapters, architectures, methods and metrics of all plugins."""
 
     def __init__(self, include_paths=(), plugins=()):
         self.plugins = pluggy.PluginManager(PROJECT)
@@ -61,6 +61,10 @@ class Registry:
     @cached_property
     def dataset_adapters(self) -> dict:
         return self._collect("mubench_dataset_adapters")
+
+    @cached_property
+    def metrics(self) -> dict:
+        return self._collect("mubench_metrics", key=lambda metric: metric.name)
 
     @cached_property
     def architectures(self) -> dict:

@@ -12,17 +12,23 @@ import numpy as np
 import torch
 
 from mubench.api.card import TaskCard
+from mubench.api.losses import distill_kl
 
 
 class TaskType:
     """Base class of task types. Subclasses set ``name`` and implement the hooks.
 
-    ``metric`` is the primary metric (the one the overall score uses) and ``chance``
-    its value for a model that guesses at random.
+    ``metric`` is the primary metric (the one the overall score uses), ``overall``
+    the kind of overall score (``accuracy``: closeness of D_f to :attr:`chance`;
+    ``generation``: MU-Bench's text-generation score), and ``records`` the
+    per-example columns :meth:`evaluate_batch` can fill, which decide the metrics a
+    card may select.
     """
 
     name: ClassVar[str]
     metric: ClassVar[str] = "acc"
+    overall: ClassVar[str] = "accuracy"
+    records: ClassVar[frozenset] = frozenset({"loss", "confidence", "correct", "score", "stratum"})
 
     def __init__(self, card: TaskCard):
         self.card = card
@@ -78,12 +84,20 @@ class TaskType:
         return {}
 
     def forward(self, model: torch.nn.Module, inputs: dict) -> torch.Tensor:
-        """Logits, shaped ``[batch, ..., classes]`` (per token for generative tasks)."""
+        """Logits, shaped ``[batch, ..., classes]`` (``[batch, tokens, vocabulary]`` for language models)."""
         raise NotImplementedError
 
     def loss(self, logits: torch.Tensor, inputs: dict) -> torch.Tensor:
-        """The task loss per example, shape ``[batch]``."""
+        """The task loss per example, shape ``[batch]`` (for sequences: the mean NLL of its target tokens)."""
         raise NotImplementedError
+
+    def distill(self, student: torch.Tensor, teacher: torch.Tensor, inputs: dict, temperature: float = 1.0) -> torch.Tensor:
+        """KL(teacher ‖ student) of softened outputs, averaged over what the task predicts (Bad-T, SCRUB).
+
+        The default treats each row of logits as one prediction; sequence tasks
+        average over target tokens, padding excluded.
+        """
+        return distill_kl(student, teacher, temperature)
 
     def relabel(self, inputs: dict, forget: torch.Tensor, mode: str, generator: torch.Generator) -> dict:
         """Inputs whose ``forget`` examples carry wrong targets (RandLabel, SalUn).
@@ -94,17 +108,21 @@ class TaskType:
         raise NotImplementedError
 
     # --- evaluation -------------------------------------------------------------------
-    def eval_outputs(self, logits: torch.Tensor, inputs: dict) -> dict[str, torch.Tensor]:
-        """Per-example statistics, each shape ``[batch]``.
+    def evaluate_batch(self, model: torch.nn.Module, inputs: dict, needs: frozenset) -> dict:
+        """Per-example records of one batch: columns of length ``batch`` (tensors, or lists of strings or arrays).
 
-        Must include ``loss`` and ``confidence`` (the model's probability of the true
-        target), which the membership-inference attacks read, and may include
-        ``stratum`` to balance the attacks per class.
+        ``needs`` names the columns the selected metrics read (a subset of
+        :attr:`records`); fill at least those. Scoring tasks run a forward pass
+        (the default: :meth:`forward`, then :meth:`eval_outputs`); generative tasks
+        also generate when ``generation`` is needed. Common columns: ``loss``
+        (per-example loss), ``confidence`` (probability of the true target),
+        ``correct``, ``score`` (the primary metric per example), ``stratum`` (to
+        balance attacks per class), ``generation`` and ``reference`` (texts).
         """
-        raise NotImplementedError
+        return self.eval_outputs(self.forward(model, inputs).float(), inputs)
 
-    def metrics(self, outputs: dict[str, np.ndarray]) -> dict[str, float]:
-        """Task metrics of one split from the concatenated :meth:`eval_outputs`."""
+    def eval_outputs(self, logits: torch.Tensor, inputs: dict) -> dict[str, torch.Tensor]:
+        """Per-example records from a scoring forward pass (see :meth:`evaluate_batch`)."""
         raise NotImplementedError
 
     @property
