@@ -4,9 +4,11 @@ from pathlib import Path
 from mubench.api import hookimpl
 from mubench.tasks.architectures import small_cnn
 from mubench.tasks.audio import AudioClassificationTask
+from mubench.tasks.biofact import load_people
 from mubench.tasks.classification import ImageClassificationTask
 from mubench.tasks.ddi2013 import load_ddi_xml
 from mubench.tasks.digits import load_digits
+from mubench.tasks.generation import CausalGenerationTask, Seq2SeqGenerationTask
 from mubench.tasks.nlvr2 import load_nlvr2_release
 from mubench.tasks.pretrained import Pretrained
 from mubench.tasks.speech_commands import one_second_silence
@@ -16,7 +18,7 @@ from mubench.tasks.video import VideoClassificationTask
 from mubench.tasks.vision_language import VisualReasoningTask
 
 TASK_TYPES = [ImageClassificationTask, TextClassificationTask, RelationClassificationTask, VisualReasoningTask,
-              AudioClassificationTask, VideoClassificationTask]
+              AudioClassificationTask, VideoClassificationTask, Seq2SeqGenerationTask, CausalGenerationTask]
 
 
 @hookimpl
@@ -31,7 +33,8 @@ def mubench_task_types():
 
 @hookimpl
 def mubench_dataset_loaders():
-    return {"sklearn_digits": load_digits, "ddi2013_xml": load_ddi_xml, "nlvr2_release": load_nlvr2_release}
+    return {"sklearn_digits": load_digits, "ddi2013_xml": load_ddi_xml, "nlvr2_release": load_nlvr2_release,
+            "biofact_people": load_people}
 
 
 @hookimpl

@@ -11,7 +11,7 @@ import torch
 
 from mubench.errors import UserError
 
-TASK_KEYS = ("processor",)  # params the task type reads, not the model
+TASK_KEYS = ("processor", "prompt_format")  # params the task type reads, not the model
 HEAD_KEYS = ("num_labels", "id2label", "label2id")  # what a config takes from the task's model_kwargs()
 
 
