@@ -170,6 +170,8 @@ class Method:
 
     def paired(self, batch_size: int | None = None, retain_batch_size: int | None = None) -> PairedLoader:
         """Batches of D_f each paired with a batch of D_r (cycled), for losses that need both in one step."""
+        if len(self.ctx.data.retain) == 0:
+            raise UserError(f"method '{self.name}' pairs D_f with D_r batches, but D_r is empty")
         forget = self.loader("forget", batch_size)
         return PairedLoader(forget, self.loader("retain", retain_batch_size or batch_size))
 
@@ -217,8 +219,6 @@ class PairedLoader:
         return len(self.forget)
 
     def __iter__(self):
-        if len(self.retain) == 0:
-            raise UserError("this method pairs D_f with D_r batches, but D_r is empty")
         retain = iter(self.retain)
         for batch in self.forget:
             try:
