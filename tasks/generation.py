@@ -121,23 +121,26 @@ class TextGenerationTask(TaskType):
                 "use_cache": settings["use_cache"], "pad_token_id": self.pad_id}
 
     def evaluate_batch(self, model, inputs, needs):
-        logits = self.forward(model, inputs)
-        labels = inputs["labels"]
-        logprobs = label_logprobs(logits, labels)
-        mask = labels != IGNORE
-        nll = -logprobs.sum(1) / mask.sum(1).clamp_min(1)
-        records = {"loss": nll, "confidence": (-nll).exp()}
-        if "token_logprobs" in needs:
-            records["token_logprobs"] = [row[m].cpu().numpy() for row, m in zip(logprobs, mask)]
-        if "token_correct" in needs:
-            hits = logits.argmax(-1) == labels
-            records["token_correct"] = [row[m].cpu().numpy() for row, m in zip(hits, mask)]
+        """Teacher-forced statistics of the reference (a forward pass) and generations, each only when needed."""
+        records = {}
+        if needs & {"loss", "confidence", "token_logprobs", "token_correct"}:
+            logits = self.forward(model, inputs)
+            labels = inputs["labels"]
+            logprobs = label_logprobs(logits, labels)
+            mask = labels != IGNORE
+            nll = -logprobs.sum(1) / mask.sum(1).clamp_min(1)
+            records |= {"loss": nll, "confidence": (-nll).exp()}
+            if "token_logprobs" in needs:
+                records["token_logprobs"] = [row[m].cpu().numpy() for row, m in zip(logprobs, mask)]
+            if "token_correct" in needs:
+                hits = logits.argmax(-1) == labels
+                records["token_correct"] = [row[m].cpu().numpy() for row, m in zip(hits, mask)]
         if needs & {"generation", "reference", "score"}:
             texts = self.generate(model, inputs)
-            references = list(inputs["reference"])
-            kind, measure = SCORES[self.metric]
-            records |= {"generation": texts, "reference": references,
-                        "score": torch.as_tensor(rouge_scores(texts, references, kind, measure))}
+            records |= {"generation": texts, "reference": list(inputs["reference"])}
+            if "score" in needs:
+                kind, measure = SCORES[self.metric]
+                records["score"] = torch.as_tensor(rouge_scores(texts, records["reference"], kind, measure))
         return records
 
 

@@ -17,8 +17,9 @@ TASKS = {"samsum": "t5-small", "biofact": "smollm2-360m"}
 PRIMARY = {"samsum": "rougeL", "biofact": "rougeL_recall"}
 METHODS = ["neggrad", "randlabel", "badt", "scrub", "salun", "retrain", "original", "finetune"]
 TINY_RECIPE = {"generation": {"max_new_tokens": 16},
-               "train": {"epochs": 60, "batch_size": 8, "lr": 0.003, "warmup_steps": 10},
-               "unlearn": {"epochs": 3, "batch_size": 8, "lr": 0.001}}
+               "train": {"epochs": 100, "batch_size": 8, "lr": 0.003, "warmup_steps": 10},
+               "unlearn": {"epochs": 5, "batch_size": 8, "lr": 0.001},
+               "methods": {"randlabel": {"lr": 0.003}}}
 
 
 @pytest.fixture(scope="session")
@@ -39,7 +40,11 @@ def generation_registry(tiny_cards):
 
 @pytest.fixture(scope="session")
 def run_generation(generation_registry, task_data, tmp_path_factory):
-    """Run a method on a tiny generative task in-process (cached per task and method)."""
+    """Run a method on a tiny generative task in-process (cached per task and method), in fp32 on any device.
+
+    The memorisation these tests assert is calibrated in fp32; under bf16 autocast the
+    tiny models learn less in the same recipe (on an H200, SAMSum's D_f ROUGE-L 0.82).
+    """
     from mubench.harness import RunConfig, run
 
     out = tmp_path_factory.mktemp("generation_results")
@@ -48,7 +53,7 @@ def run_generation(generation_registry, task_data, tmp_path_factory):
     def go(task, method):
         if (task, method) not in cache:
             config = RunConfig(task=f"{task}_tiny", method=method, model=TASKS[task], deletion_ratio=0.1,
-                               data_dir=task_data(task), output_path=out, include_paths=[])
+                               data_dir=task_data(task), output_path=out, precision="fp32")
             cache[task, method] = run(config, generation_registry)
         return cache[task, method]
 
@@ -135,7 +140,11 @@ def test_sequence_nll_ignores_padding():
     assert sequence_nll(logits, torch.full_like(labels, IGNORE)).item() == 0.0  # no target tokens
 
 
-def test_chunked_log_probs_have_the_full_computations_gradient():
+@pytest.mark.parametrize("chunk", [28, 56, 1 << 22])  # one example per chunk, two, the whole batch
+def test_chunked_log_probs_have_the_full_computations_gradient(monkeypatch, chunk):
+    from mubench.api import losses
+
+    monkeypatch.setattr(losses, "CHUNK_ELEMENTS", chunk)
     torch.manual_seed(0)
     logits = torch.randn(3, 4, 7, requires_grad=True)
     labels = torch.tensor([[1, 2, IGNORE, IGNORE], [0, 6, 5, 4], [IGNORE, 3, 3, IGNORE]])
@@ -147,7 +156,11 @@ def test_chunked_log_probs_have_the_full_computations_gradient():
     assert torch.allclose(ours, full, atol=1e-6) and torch.allclose(grad, logits.grad, atol=1e-6)
 
 
-def test_token_kl_averages_over_target_tokens():
+@pytest.mark.parametrize("chunk", [15, 1 << 22])
+def test_token_kl_averages_over_target_tokens(monkeypatch, chunk):
+    from mubench.api import losses
+
+    monkeypatch.setattr(losses, "CHUNK_ELEMENTS", chunk)
     torch.manual_seed(0)
     student, teacher = torch.randn(2, 3, 5), torch.randn(2, 3, 5)
     labels = torch.tensor([[1, 1, IGNORE], [1, IGNORE, IGNORE]])

@@ -52,7 +52,10 @@ def test_every_family_loads_counts_feeds_and_adapts(task, family, task_data, reg
     assert prepared.family.count_parameters() == sum(p.numel() for p in model.parameters())
     batch = next(iter(prepared.context(model, 0, torch.device("cpu"), "fp32").data.loader("train", 4)))
     logits = prepared.task.forward(model, batch.inputs)
-    assert logits.shape == (4, len(prepared.task.label_names))
+    if hasattr(prepared.task, "label_names"):
+        assert logits.shape == (4, len(prepared.task.label_names))
+    else:  # a language model: one distribution over the vocabulary per target token
+        assert logits.shape == (*batch.inputs["labels"].shape, model.config.vocab_size)
     adapted, record = apply_lora(model, LoraSpec(fraction=0.5))
     assert 0 < record["trainable_fraction"] <= 0.5 and record["n_adapted"] > 0
     assert prepared.task.forward(adapted, batch.inputs).shape == logits.shape

@@ -2,8 +2,9 @@
 
 Sequence losses take logits ``[batch, tokens, vocabulary]`` aligned with ``labels``
 ``[batch, tokens]`` (``logits[:, t]`` predicts ``labels[:, t]``; ``IGNORE`` marks
-padding and prompt tokens). They go one example at a time in fp32, each under
-activation checkpointing when gradients flow, so that no fp32 copy of the whole
+padding and prompt tokens). They go in fp32 over chunks of examples of at most
+``CHUNK_ELEMENTS`` logits (one example at a time for a real vocabulary), each chunk
+under activation checkpointing when gradients flow, so that no fp32 copy of a large
 ``[batch, tokens, vocabulary]`` tensor is ever made or kept.
 """
 from __future__ import annotations
@@ -13,6 +14,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 IGNORE = -100
+CHUNK_ELEMENTS = 1 << 22  # 16 MiB of fp32 logits
 
 
 def distill_kl(student: torch.Tensor, target: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -28,16 +30,19 @@ def distill_kl(student: torch.Tensor, target: torch.Tensor, temperature: float =
 
 
 def _per_row(fn, *tensors: torch.Tensor) -> torch.Tensor:
-    """``fn`` applied to each example (row of the batch), checkpointed when gradients flow; results stacked."""
+    """``fn`` over chunks of examples (rows of the batch), each checkpointed when gradients flow and the batch is split."""
+    logits = tensors[0]
+    rows = max(1, CHUNK_ELEMENTS // max(1, logits[0].numel()))
+    if rows >= len(logits):
+        return fn(*tensors)
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-    rows = [checkpoint(fn, *(t[i] for t in tensors), use_reentrant=False) if grad else fn(*(t[i] for t in tensors))
-            for i in range(tensors[0].shape[0])]
-    return torch.stack(rows)
+    chunks = [tuple(t[i:i + rows] for t in tensors) for i in range(0, len(logits), rows)]
+    return torch.cat([checkpoint(fn, *chunk, use_reentrant=False) if grad else fn(*chunk) for chunk in chunks])
 
 
 def _row_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     logits = logits.float()
-    return logits.gather(-1, labels.clamp_min(0)[:, None])[:, 0] - torch.logsumexp(logits, dim=-1)
+    return logits.gather(-1, labels.clamp_min(0)[..., None])[..., 0] - torch.logsumexp(logits, dim=-1)
 
 
 def label_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
