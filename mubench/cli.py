@@ -90,7 +90,7 @@ def build_parser() -> Parser:
     common(train)
 
     ls = sub.add_parser("list", help="list tasks, methods or models")
-    ls.add_argument("what", choices=["tasks", "methods", "models"])
+    ls.add_argument("what", choices=["tasks", "methods", "models", "metrics"])
     ls.add_argument("--task", help="only this task's models")
     ls.add_argument("--include-path", action="append", default=[], metavar="DIR")
     ls.epilog = ("models: parameter counts come from each model's config (no weights are loaded); "
@@ -159,6 +159,11 @@ def cmd_list(args) -> int:
     if args.what == "methods":
         for name, cls in sorted(registry.methods.items()):
             print(f"{name:<12} {cls.summary}")
+    elif args.what == "metrics":
+        for name, metric in sorted(registry.metrics.items()):
+            direction = "higher" if metric.higher_is_better else "lower"
+            print(f"{name:<26} {metric.scope:<7} {direction + ' is better':<17} forgotten: {metric.forgotten:<8} "
+                  f"needs: {', '.join(sorted(metric.needs)):<22} {metric.description}")
     elif args.what == "tasks":
         for name in sorted(registry.card_paths):
             card = registry.card(name)
@@ -185,7 +190,7 @@ def parameter_count(registry, card, model: str) -> str:
     _, spec = card.model(model)
     family = Family(model, spec, registry.architecture(card, spec["architecture"]), task)
     try:
-        if "loader" in card.dataset:  # built-in data is local and small: read it for the exact head
+        if "loader" in card.dataset and "download" not in card.dataset:  # built-in data: read it for the exact head
             task.prepare(load_splits(card, registry.dataset_loaders)["train"])
         count = family.count_parameters()
     except UserError as e:

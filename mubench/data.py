@@ -70,6 +70,33 @@ def read_source(spec: dict):
         raise UserError(f"cannot load dataset '{path}': {str(e).splitlines()[0]}{hint}") from None
 
 
+def load_shifted(card: TaskCard):
+    """The card's shifted test set (``dataset.shifted_test`` with ``enabled: true``), columns renamed to the card's; else None.
+
+    It is read like any ``datasets`` source (``path``, ``name``, ``revision``,
+    ``data_dir``, …), its ``split`` (default ``test``) taken, its ``columns`` (role ->
+    its column) renamed to the card's ``dataset.columns``, and cut to its first
+    ``max_examples``: MU-Bench's transfer evaluation (SAMSum → XSum, IMDB → Rotten Tomatoes).
+    """
+    spec = card.dataset.get("shifted_test") or {}
+    if not spec.get("enabled", False):
+        return None
+    raw = read_source(spec)
+    split = spec.get("split", "test")
+    if split not in raw:
+        raise UserError(f"task '{card.name}': the shifted test source '{spec['path']}' has no split {split!r} (it has: {', '.join(raw)})")
+    data = raw[split]
+    renames = {spec["columns"][role]: card.columns.get(role, role) for role in spec.get("columns", {})}
+    absent = sorted(set(renames) - set(data.column_names))
+    if absent:
+        raise UserError(f"task '{card.name}': the shifted test set lacks column(s) {', '.join(absent)} "
+                        f"(it has: {', '.join(data.column_names)})")
+    data = data.select_columns(list(renames)).rename_columns({k: v for k, v in renames.items() if k != v})
+    if spec.get("max_examples") is not None:
+        data = data.select(range(min(len(data), spec["max_examples"])))
+    return data
+
+
 def local_copy(spec: dict, data_dir: str | Path) -> dict:
     """The card's dataset section pointed at ``--data-dir``.
 
@@ -338,11 +365,13 @@ class _Part(Dataset):
 class UnlearningData:
     """The encoded training and test splits with D_f / D_r, and loaders over any part.
 
-    Parts: ``forget`` (D_f), ``retain`` (D_r), ``train`` (D_f ∪ D_r, flagged), ``test``.
+    Parts: ``forget`` (D_f), ``retain`` (D_r), ``train`` (D_f ∪ D_r, flagged), ``test``,
+    and ``shifted`` (a shifted test set) where the task has one.
     """
 
-    def __init__(self, task, train: Dataset, test: Dataset, forget: np.ndarray, seed: int, device: torch.device):
-        self.task, self.train, self.test = task, train, test
+    def __init__(self, task, train: Dataset, test: Dataset, forget: np.ndarray, seed: int, device: torch.device,
+                 shifted: Dataset | None = None):
+        self.task, self.train, self.test, self.shifted = task, train, test, shifted
         self.forget = np.sort(forget)
         self.retain = np.setdiff1d(np.arange(len(train)), self.forget)
         self.generator = torch.Generator().manual_seed(seed)
@@ -351,8 +380,9 @@ class UnlearningData:
 
     def part(self, name: str, retain_fraction: float | None = None, max_size: int | None = None) -> _Part:
         """The examples of part ``name``; ``retain_fraction`` draws a fresh random share of D_r."""
-        if name == "test":
-            idx, flags, data = np.arange(len(self.test)), np.zeros(len(self.test), bool), self.test
+        if name in ("test", "shifted"):
+            data = self.test if name == "test" else self.shifted
+            idx, flags = np.arange(len(data)), np.zeros(len(data), bool)
         else:
             retain = self.retain
             if retain_fraction is not None:

@@ -123,8 +123,9 @@ def accuracy_overall(test: float, test_original: float, forget: float, chance: f
 
 
 def assess(evaluator: Evaluator, model: torch.nn.Module, data, original: dict | None = None) -> dict:
-    """Metrics on D_test, D_f and D_r, the attacks on D_f, and the overall score (against ``original``'s block, or itself)."""
-    _, values = evaluator.evaluate(model, data)
+    """Metrics on D_test, D_f and D_r (and a shifted test set, if any), the attacks on D_f, and the overall score
+    (against ``original``'s block, or itself)."""
+    _, values = evaluator.evaluate(model, data, EVAL_PARTS + (("shifted",) if data.shifted is not None else ()))
     values["overall_score"] = overall_score(evaluator.task, values, original or values)
     return values
 

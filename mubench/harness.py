@@ -15,7 +15,7 @@ import torch
 from mubench import __version__
 from mubench.api.method import Context
 from mubench.api.registry import Registry
-from mubench.data import UnlearningData, fingerprint, load_splits, preprocessed
+from mubench.data import UnlearningData, fingerprint, load_shifted, load_splits, preprocessed
 from mubench.errors import UserError
 from mubench.evaluation import Evaluator, assess, describe, select_metrics
 from mubench.files import ensure_writable, write_json
@@ -85,6 +85,7 @@ class Prepared:
         if data_dir is not None and not Path(data_dir).is_dir():
             raise UserError(f"--data-dir {data_dir}: no such folder")
         self.metrics = select_metrics(self.card, self.task, registry.metrics)
+        self.shifted = None  # a shifted test set, read by load() where the card enables one
         self.registry, self.data_dir = registry, data_dir
 
     def load(self) -> None:
@@ -99,6 +100,10 @@ class Prepared:
             splits = {"train": preprocessed(self.task, splits["train"], "train", self.data_sha256, self.card.name),
                       "test": preprocessed(self.task, splits["test"], "test", fingerprint(splits["test"]), self.card.name)}
         self.train, self.test = self.task.encode(splits["train"]), self.task.encode(splits["test"])
+        shifted = load_shifted(self.card)
+        if shifted is not None and self.task.preprocesses:
+            shifted = preprocessed(self.task, shifted, "shifted", fingerprint(shifted), self.card.name)
+        self.shifted = None if shifted is None else self.task.encode(shifted)
 
     def original(self, device, precision, retrain_cache: bool = False):
         evaluator = Evaluator.for_card(self.card, self.task, self.metrics, device, precision)
@@ -106,7 +111,7 @@ class Prepared:
 
     def data(self, device, seed: int = 0) -> UnlearningData:
         """D_f, D_r and D_test of this task, with loaders seeded by ``seed`` (evaluation reads them unshuffled)."""
-        return UnlearningData(self.task, self.train, self.test, self.forget, seed, device)
+        return UnlearningData(self.task, self.train, self.test, self.forget, seed, device, self.shifted)
 
     def context(self, model: torch.nn.Module, seed: int, device, precision: str, budget: Budget | None = None,
                 lora: LoraSpec | None = None) -> Context:
@@ -234,7 +239,8 @@ def assemble(plan: Plan, original, before: dict, after: dict, report, budget: Bu
                    "precision": plan.precision, "time_budget": plan.budget_setting, "peft": peft},
         "split": {"n_train": prepared.n_train, "n_forget": len(prepared.forget), "n_retain": prepared.n_train - len(prepared.forget),
                   "n_test": prepared.n_test, "forget_sha256": indices_sha256(prepared.forget),
-                  "split_seed": card.split_seed, "data_sha256": prepared.data_sha256},
+                  "split_seed": card.split_seed, "data_sha256": prepared.data_sha256}
+                 | ({"n_shifted": len(prepared.shifted)} if prepared.shifted is not None else {}),
         "metrics": describe(plan.evaluator.metrics),
         "results": {"original": finite(before), "unlearned": finite(after)},
         "times": times,

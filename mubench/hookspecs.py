@@ -29,7 +29,8 @@ def mubench_task_types():
     """Task types (subclasses of :class:`mubench.api.TaskType`) this plugin contributes.
 
     A card names its type by ``task_type``; the type brings data encoding, collation,
-    forward pass, loss and metrics. Returns a list of classes, keyed by their ``name``.
+    forward pass, loss, distillation and the per-example evaluation records
+    (``evaluate_batch``) that metrics read. Returns a list of classes, keyed by their ``name``.
     """
 
 

@@ -101,3 +101,11 @@ def test_knowledge_gap_edge_cases():
 def test_min_k_uses_the_lowest_tokens():
     stats = min_k_statistic([np.array([-0.1, -0.2, -5.0, -0.1, -0.1]), np.array([]), np.array([-1.0])], k=0.4)
     assert stats[0] == pytest.approx((-5.0 - 0.2) / 2) and stats[1] < -1e3 and stats[2] == -1.0
+
+
+def test_list_metrics_shows_each_direction_and_what_it_needs(cli):
+    done = cli("list", "metrics")
+    assert done.returncode == 0, done.stderr
+    rows = {line.split()[0]: line for line in done.stdout.splitlines()}
+    assert {"acc", "rougeL", "mia_mink_auc", "knowledge_gap"} <= set(rows)
+    assert "lower is better" in rows["mia_mink_auc"] and "needs: generation, reference" in rows["rougeL"]

@@ -121,6 +121,35 @@ def test_cli_runs_the_real_cards_offline(task_data, cli, tmp_path):
         assert f"forget_{metric}" in result["results"]["unlearned"] and "forget_mia_loss_acc" in result["results"]["unlearned"]
 
 
+def test_a_shifted_test_set_is_evaluated_beside_d_test(tiny_cards, task_data, tmp_path):
+    """SAMSum's XSum transfer test, enabled by an include card: shifted_<metric> for both models, its size recorded."""
+    from fixtures import generation
+
+    from mubench.api.registry import Registry
+    from mubench.harness import RunConfig, run
+
+    xsum = generation.xsum(tmp_path / "xsum")
+    card = {"include": str(tiny_cards / "samsum_tiny.yaml"), "task": "samsum_xsum",
+            "dataset": {"shifted_test": {"enabled": True, "path": str(xsum), "revision": None, "max_examples": 10}}}
+    (tmp_path / "cards").mkdir()
+    (tmp_path / "cards" / "samsum_xsum.yaml").write_text(yaml.safe_dump(card))
+    config = RunConfig(task="samsum_xsum", method="neggrad", model="t5-small", deletion_ratio=0.1, data_dir=task_data("samsum"),
+                       output_path=tmp_path / "out", precision="fp32")
+    result, path = run(config, Registry(include_paths=[tiny_cards, tmp_path / "cards"]))
+    validate_result(result, path)
+    assert result["split"]["n_shifted"] == 10
+    for block in result["results"].values():
+        assert {"shifted_rougeL", "shifted_nll", "test_rougeL"} <= set(block)
+        assert block["shifted_rougeL"] < block["test_rougeL"]  # XSum's articles are not SAMSum's dialogues
+
+
+def test_the_shifted_test_set_is_off_by_default(generation_registry):
+    from mubench.data import load_shifted
+
+    card = generation_registry.card("samsum")
+    assert card.dataset["shifted_test"]["path"] == "EdinburghNLP/xsum" and load_shifted(card) is None
+
+
 def test_biofact_without_data_says_how_to_get_it(cli):
     done = cli("run", "--task", "biofact", "--method", "neggrad")
     assert done.returncode == 2

@@ -46,11 +46,6 @@ class Metric:
             raise ValueError(f"metric '{self.name}': forgotten must be one of {FORGOTTEN}, got {self.forgotten!r}")
         object.__setattr__(self, "needs", frozenset(self.needs))
 
-    def keys(self) -> list[str]:
-        """The result keys this metric fills."""
-        parts = ("test", "forget", "retain") if self.scope == "split" else ("forget",)
-        return [f"{part}_{self.name}" for part in parts]
-
     def describe(self) -> dict:
         """What a result records about the metric, so that a reader knows its direction."""
         return {"higher_is_better": self.higher_is_better, "scope": self.scope, "forgotten": self.forgotten,
