@@ -9,7 +9,11 @@ class BadTeacher(Method):
     The student (θ₀ at first) imitates a randomly initialised teacher on D_f and the
     competent teacher θ₀ on a random ``retain_fraction`` of D_r, drawn anew each epoch:
     KL(softmax(teacher/T) ‖ softmax(student/T)), averaged over the batch (over target
-    tokens for language models: the task's distillation loss).
+    tokens for language models: the task's distillation loss). The authors' code
+    calls ``F.kl_div`` with its default ``mean`` reduction, which also divides by the
+    number of classes K; mubench keeps the KL per example (``batchmean``), which is K
+    times the authors' value: with Adam, which is invariant to the loss's scale, the
+    difference all but vanishes; with SGD, divide the learning rate by K to match.
     """
 
     name = "badt"

@@ -4,14 +4,17 @@ from mubench.api import Method, Pass, TaskType
 class RandLabel(Method):
     """Random labels (Graves et al. 2021): train on D_f ∪ D_r where D_f carries wrong targets.
 
-    ``relabel``: ``random`` draws a new wrong label for every D_f example in every
-    batch (the paper, Deep Unlearn's SRL); ``shift`` uses (y + 1) mod K (MU-Bench's code).
+    ``relabel``: ``random`` draws a new label uniformly over all classes for every D_f
+    example in every batch (SalUn's and Deep Unlearn's code: the true label comes back
+    with probability 1/K); ``random_wrong`` draws among the wrong labels only;
+    ``shift`` uses (y + 1) mod K (MU-Bench's code). Generative tasks give D_f a D_r
+    example's target under ``random`` and ``random_wrong``.
     """
 
     name = "randlabel"
     summary = "train on D_f (wrong labels) and D_r"
     defaults = Method.defaults | dict(relabel="random")
-    choices = Method.choices | {"relabel": ("random", "shift")}
+    choices = Method.choices | {"relabel": ("random", "random_wrong", "shift")}
 
     @classmethod
     def unsupported(cls, task):

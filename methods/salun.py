@@ -7,8 +7,10 @@ class SalUn(RandLabel):
     """SalUn, saliency unlearning (Fan et al. 2024): RandLabel on the salient weights only.
 
     One pass over D_f sums the gradient of the forgetting loss (−task loss) for every
-    weight, from zero; the weights whose |gradient| is in the global top
-    ``mask_ratio`` are salient. Training then masks every other gradient, weight decay
+    weight, from zero; as in the authors' ``generate_mask.py``, the weights are ranked
+    by |gradient| over the whole model and exactly ⌊N · ``mask_ratio``⌋ of them are
+    salient (ties, such as the zero gradients of units that never fire on D_f, broken
+    by parameter order). Training then masks every other gradient, weight decay
     included, so the other weights stay exactly at θ₀.
     """
 
@@ -27,11 +29,12 @@ class SalUn(RandLabel):
     def setup(self):
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         grads = self.accumulated_gradients("forget", lambda batch: -self.task_loss(batch))
-        saliency = torch.cat([g.abs().flatten() for g in grads if g is not None])
-        keep = max(1, round(self.hp.mask_ratio * saliency.numel()))
-        threshold = torch.kthvalue(saliency.float().cpu(), saliency.numel() - keep + 1).values.item()
-        self.masks = [(g.abs() >= threshold).to(p.dtype) if g is not None else torch.zeros_like(p)
-                      for p, g in zip(self.params, grads)]
+        saliency = torch.cat([(g if g is not None else torch.zeros_like(p)).abs().flatten().float()
+                              for p, g in zip(self.params, grads)])
+        keep = max(1, int(self.hp.mask_ratio * saliency.numel()))
+        chosen = torch.zeros(saliency.numel(), dtype=torch.bool, device=saliency.device)
+        chosen[torch.argsort(saliency, descending=True, stable=True)[:keep]] = True
+        self.masks = [m.view_as(p).to(p.dtype) for p, m in zip(self.params, chosen.split([p.numel() for p in self.params]))]
 
     def after_backward(self):
         for param, mask in zip(self.params, self.masks):

@@ -21,8 +21,10 @@ from mubench.tasks.pretrained import load_processor
 class ClassificationTask(TaskType):
     """One class label per example (column role ``label``); cross-entropy; accuracy.
 
-    Corrupting targets gives D_f examples a wrong label: ``shift`` is (y + 1) mod K
-    as in MU-Bench, ``random`` a uniformly drawn other class each time.
+    Corrupting targets gives D_f examples new labels: ``random`` draws uniformly over
+    all K classes each time (SalUn's and Deep Unlearn's code: the true class comes back
+    with probability 1/K), ``random_wrong`` uniformly over the K − 1 other classes, and
+    ``shift`` is (y + 1) mod K as in MU-Bench's code.
 
     Subclasses fed by Hugging Face models name their ``auto_class`` and
     ``processor_class``; :func:`~mubench.tasks.pretrained.load_processor` loads it.
@@ -97,12 +99,13 @@ class ClassificationTask(TaskType):
     def relabel(self, inputs, forget, mode, generator):
         labels = inputs["labels"]
         k = len(self.label_names)
-        if mode == "shift":
-            offset = torch.ones_like(labels)
+        if mode == "random":
+            new = torch.randint(0, k, labels.shape, generator=generator).to(labels.device)
+        elif mode == "random_wrong":
+            new = (labels + torch.randint(1, k, labels.shape, generator=generator).to(labels.device)) % k
         else:
-            offset = torch.randint(1, k, labels.shape, generator=generator).to(labels.device)
-        wrong = (labels + offset) % k
-        return {**inputs, "labels": torch.where(forget, wrong, labels)}
+            new = (labels + 1) % k
+        return {**inputs, "labels": torch.where(forget, new, labels)}
 
     def eval_outputs(self, logits, inputs):
         labels = inputs["labels"]

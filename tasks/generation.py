@@ -91,8 +91,9 @@ class TextGenerationTask(TaskType):
     def relabel(self, inputs, forget, mode, generator):
         """D_f examples take the target of another example (MU-Bench's RandLabel for generation).
 
-        ``random``: a D_r example of the batch drawn with ``generator`` (any other
-        example when the batch has no D_r); ``shift``: the next example of the batch.
+        ``random`` and ``random_wrong``: a D_r example of the batch drawn with
+        ``generator`` (any other example when the batch has no D_r); ``shift``: the
+        next example of the batch.
         """
         rows = forget.nonzero()[:, 0].cpu()
         if len(rows) == 0:

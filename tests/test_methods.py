@@ -110,24 +110,31 @@ def test_scrub_runs_max_passes_before_min_passes(registry, digits_context):
     assert phases == [["max", "min"], ["max", "min"], ["min"], ["min"]]
 
 
-def test_relabel_gives_wrong_labels(digits_context):
+def test_relabel_modes(digits_context):
+    """``random`` draws over all K classes as the authors do (the true one 1/K of the time); the others never keep it."""
     _, make = digits_context
     ctx = make()
-    batch = next(iter(ctx.data.loader("train", 256, shuffle=True)))
-    labels = batch.inputs["labels"]
-    for mode in ("random", "shift"):
-        new = ctx.task.relabel(batch.inputs, batch.forget, mode, ctx.generator)["labels"]
-        assert torch.equal(new[~batch.forget], labels[~batch.forget])
-        assert (new[batch.forget] != labels[batch.forget]).all()
-    shifted = ctx.task.relabel(batch.inputs, batch.forget, "shift", ctx.generator)["labels"]
-    assert torch.equal(shifted[batch.forget], (labels[batch.forget] + 1) % 10)
+    labels = torch.arange(10).repeat(1000)
+    forget = torch.arange(len(labels)) % 2 == 0
+    inputs = {"labels": labels}
+    for mode in ("random", "random_wrong", "shift"):
+        new = ctx.task.relabel(inputs, forget, mode, ctx.generator)["labels"]
+        assert torch.equal(new[~forget], labels[~forget])
+        kept = (new[forget] == labels[forget]).float().mean().item()
+        if mode == "random":
+            assert kept == pytest.approx(0.1, abs=0.02)
+            assert torch.bincount(new[forget], minlength=10).min() > 400  # every class, the true one included
+        else:
+            assert kept == 0.0
+    shifted = ctx.task.relabel(inputs, forget, "shift", ctx.generator)["labels"]
+    assert torch.equal(shifted[forget], (labels[forget] + 1) % 10)
 
 
 @pytest.mark.parametrize("overrides, message", [
     ({"mask_ration": 0.1}, "unknown argument of method 'salun' in --method-args 'mask_ration'. Did you mean 'mask_ratio'?"),
     ({"lr": "fast"}, "--method-args: lr: expected float, got 'fast'"),
     ({"epochs": 2.5}, "--method-args: epochs: expected int, got 2.5"),
-    ({"relabel": "sideways"}, "relabel must be one of random, shift"),
+    ({"relabel": "sideways"}, "relabel must be one of random, random_wrong, shift"),
     ({"mask_ratio": 0}, "mask_ratio must lie in (0, 1]"),
     ({"optimizer": "lion"}, "optimizer must be one of sgd, adam, adamw"),
 ])

@@ -100,9 +100,10 @@ class TaskType:
         return distill_kl(student, teacher, temperature)
 
     def relabel(self, inputs: dict, forget: torch.Tensor, mode: str, generator: torch.Generator) -> dict:
-        """Inputs whose ``forget`` examples carry wrong targets (RandLabel, SalUn).
+        """Inputs whose ``forget`` examples carry random targets (RandLabel, SalUn).
 
-        ``mode`` is ``random`` (a new wrong target each call) or ``shift`` (deterministic).
+        ``mode`` is ``random`` (a target drawn anew each call, as the authors draw it),
+        ``random_wrong`` (drawn among the wrong ones) or ``shift`` (deterministic).
         Raise NotImplementedError where corrupting targets has no meaning.
         """
         raise NotImplementedError
