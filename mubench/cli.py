@@ -71,7 +71,13 @@ def build_parser() -> Parser:
     run.add_argument("--method", required=True)
     run.add_argument("--model", help="model family of the task (default: the card's)")
     run.add_argument("--deletion-ratio", type=ratio, help="share of the training split to delete (default: the card's)")
-    run.add_argument("--seed", type=int, help="run seed (default: the card's first)")
+    seeds = run.add_mutually_exclusive_group()
+    seeds.add_argument("--seed", type=int, help="run seed: the unlearning's randomness (data order, random labels, fresh "
+                                                "models); not D_f, θ₀ or the attacks (default: the card's first)")
+    seeds.add_argument("--seeds", type=seed_list, metavar="S,S,...", help="run every seed and print mean ± 95%% CI per metric")
+    run.add_argument("--split-seed", type=int, help="another deletion set D_f (default: the card's deletion.split_seed)")
+    run.add_argument("--original-seed", type=int, help="another θ₀ trained here and cached apart (default: the card's train.seed)")
+    run.add_argument("--reference", choices=["retrain"], help="add the gap to the retrained model (cached; computed when missing)")
     run.add_argument("--method-args", default="", metavar="K=V,...", help="override hyperparameters")
     run.add_argument("--time-budget", default="retrain", help="'retrain' (default), 'none' or seconds")
     run.add_argument("--output-path", type=Path, default=Path("results"), metavar="DIR")
@@ -87,6 +93,7 @@ def build_parser() -> Parser:
     train.add_argument("--task", required=True)
     train.add_argument("--model")
     train.add_argument("--force", action="store_true", help="retrain even if a cached model exists")
+    train.add_argument("--original-seed", type=int, help="train θ₀ with this seed (default: the card's train.seed)")
     common(train)
 
     ls = sub.add_parser("list", help="list tasks, methods or models")
@@ -120,18 +127,38 @@ def lora_spec(args):
     return LoraSpec(rank=rank, fraction=args.lora_fraction, alpha=args.lora_alpha)
 
 
-def cmd_run(args) -> int:
-    from mubench.harness import RunConfig, run
-    from mubench.results import summary_table
+def seed_list(text: str) -> list[int]:
+    """``--seeds 0,1,2``: distinct integers."""
+    try:
+        seeds = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers separated by commas, got {text!r}") from None
+    if len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"a seed is given twice in {text!r}")
+    return seeds
 
-    config = RunConfig(task=args.task, method=args.method, model=args.model, deletion_ratio=args.deletion_ratio,
-                       seed=args.seed, method_args=parse_method_args(args.method_args), device=args.device,
-                       precision=args.precision, time_budget=args.time_budget, output_path=args.output_path,
-                       include_paths=args.include_path, data_dir=args.data_dir, lora=lora_spec(args),
-                       original=args.original)
-    result, path = run(config)
-    print(summary_table(result))
-    print(f"result: {path}")
+
+def cmd_run(args) -> int:
+    from mubench.api.registry import Registry
+    from mubench.harness import RunConfig, run
+    from mubench.results import seeds_table, summary_table
+
+    registry = Registry(args.include_path)
+    results = []
+    for seed in args.seeds or [args.seed]:
+        config = RunConfig(task=args.task, method=args.method, model=args.model, deletion_ratio=args.deletion_ratio,
+                           seed=seed, method_args=parse_method_args(args.method_args), device=args.device,
+                           precision=args.precision, time_budget=args.time_budget, output_path=args.output_path,
+                           include_paths=args.include_path, data_dir=args.data_dir, lora=lora_spec(args),
+                           original=args.original, split_seed=args.split_seed, original_seed=args.original_seed,
+                           reference=args.reference)
+        result, path = run(config, registry)
+        results.append(result)
+        if not args.seeds:
+            print(summary_table(result))
+        print(f"result: {path}")
+    if args.seeds:
+        print(seeds_table(results))
     return 0
 
 
@@ -140,7 +167,8 @@ def cmd_train(args) -> int:
     from mubench.harness import Prepared
     from mubench.loop import resolve_device, resolve_precision
 
-    prepared = Prepared(Registry(args.include_path), args.task, args.model, None, args.data_dir, args.original)
+    prepared = Prepared(Registry(args.include_path), args.task, args.model, None, args.data_dir, args.original,
+                        original_seed=args.original_seed)
     device = resolve_device(args.device)
     precision = resolve_precision(args.precision, device)
     prepared.load()
@@ -148,7 +176,7 @@ def cmd_train(args) -> int:
     metrics = original.sidecar.get("metrics", {})
     print(f"{prepared.card.name}/{prepared.family.name}: {original.source}")
     for key, value in metrics.items():
-        print(f"  {key}: {value:.4f}")
+        print(f"  {key}: {'n/a' if value is None else f'{value:.4f}'}")
     return 0
 
 

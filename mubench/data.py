@@ -366,12 +366,16 @@ class UnlearningData:
     """The encoded training and test splits with D_f / D_r, and loaders over any part.
 
     Parts: ``forget`` (D_f), ``retain`` (D_r), ``train`` (D_f ∪ D_r, flagged), ``test``,
-    and ``shifted`` (a shifted test set) where the task has one.
+    ``shifted`` (a shifted test set) where the task has one, and, for class-wise
+    deletion, ``test`` (the test examples of the other classes, ``test_rows``) and
+    ``forgotten`` (those of the deleted classes, ``forgotten_rows``).
     """
 
     def __init__(self, task, train: Dataset, test: Dataset, forget: np.ndarray, seed: int, device: torch.device,
-                 shifted: Dataset | None = None):
+                 shifted: Dataset | None = None, test_rows: np.ndarray | None = None, forgotten_rows: np.ndarray | None = None):
         self.task, self.train, self.test, self.shifted = task, train, test, shifted
+        self.test_rows = np.arange(len(test)) if test_rows is None else test_rows
+        self.forgotten_rows = forgotten_rows
         self.forget = np.sort(forget)
         self.retain = np.setdiff1d(np.arange(len(train)), self.forget)
         self.generator = torch.Generator().manual_seed(seed)
@@ -380,9 +384,10 @@ class UnlearningData:
 
     def part(self, name: str, retain_fraction: float | None = None, max_size: int | None = None) -> _Part:
         """The examples of part ``name``; ``retain_fraction`` draws a fresh random share of D_r."""
-        if name in ("test", "shifted"):
-            data = self.test if name == "test" else self.shifted
-            idx, flags = np.arange(len(data)), np.zeros(len(data), bool)
+        if name in ("test", "shifted", "forgotten"):
+            data = self.shifted if name == "shifted" else self.test
+            idx = {"test": self.test_rows, "forgotten": self.forgotten_rows}.get(name, np.arange(len(data)))
+            flags = np.zeros(len(idx), bool)
         else:
             retain = self.retain
             if retain_fraction is not None:

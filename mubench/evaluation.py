@@ -82,7 +82,11 @@ class Evaluator:
         return concatenate(chunks)
 
     def evaluate(self, model: torch.nn.Module, data, parts=EVAL_PARTS) -> tuple[dict, dict]:
-        """Records of each of ``parts`` and the metrics: ``<part>_<name>``, and the D_f attacks when D_f is among the parts."""
+        """Records of each of ``parts`` and the metrics: ``<part>_<name>``, and the D_f attacks when D_f is among the parts.
+
+        With a ``forgotten`` part (class-wise deletion) the attacks take its records as
+        the non-members: test examples of D_f's own classes.
+        """
         records, values = {}, {}
         for part in parts:
             loader = data.loader(part, self.batch_size, shuffle=False, max_size=self.max_sizes.get(part))
@@ -91,9 +95,10 @@ class Evaluator:
                 if metric.scope == "split":
                     values[f"{part}_{metric.name}"] = metric.compute(records[part])
         if set(EVAL_PARTS) <= set(parts):
+            attacked = records | ({"test": records["forgotten"]} if "forgotten" in records else {})
             for metric in self.metrics:
                 if metric.scope == "forget":
-                    values[f"forget_{metric.name}"] = metric.compute(records, self.seed)
+                    values[f"forget_{metric.name}"] = metric.compute(attacked, self.seed)
         return records, values
 
 
@@ -125,7 +130,8 @@ def accuracy_overall(test: float, test_original: float, forget: float, chance: f
 def assess(evaluator: Evaluator, model: torch.nn.Module, data, original: dict | None = None) -> dict:
     """Metrics on D_test, D_f and D_r (and a shifted test set, if any), the attacks on D_f, and the overall score
     (against ``original``'s block, or itself)."""
-    _, values = evaluator.evaluate(model, data, EVAL_PARTS + (("shifted",) if data.shifted is not None else ()))
+    extra = (("shifted",) if data.shifted is not None else ()) + (("forgotten",) if data.forgotten_rows is not None else ())
+    _, values = evaluator.evaluate(model, data, EVAL_PARTS + extra)
     values["overall_score"] = overall_score(evaluator.task, values, original or values)
     return values
 

@@ -1,7 +1,10 @@
 """The harness core: resolve task × model × method, prepare the data and θ₀, evaluate, unlearn, evaluate, emit the result."""
 from __future__ import annotations
 
+import dataclasses
 import datetime
+import hashlib
+import json
 import logging
 import math
 import random
@@ -13,17 +16,18 @@ import numpy as np
 import torch
 
 from mubench import __version__
+from mubench.api.card import TaskCard, merge
 from mubench.api.method import Context
 from mubench.api.registry import Registry
 from mubench.data import UnlearningData, fingerprint, load_shifted, load_splits, preprocessed
 from mubench.errors import UserError
 from mubench.evaluation import Evaluator, assess, describe, select_metrics
-from mubench.files import ensure_writable, write_json
+from mubench.files import ensure_writable, mubench_home, write_json
 from mubench.loop import Budget, resolve_device, resolve_precision
 from mubench.lora import LoraSpec, apply_lora
 from mubench.originals import Family, resolve_original
-from mubench.results import SCHEMA_VERSION, environment, finite, result_filename, validate_result
-from mubench.splits import forget_indices, indices_sha256
+from mubench.results import SCHEMA_VERSION, environment, finite, load_result, result_filename, validate_result
+from mubench.splits import chosen_classes, forget_indices, indices_sha256
 
 log = logging.getLogger("mubench")
 
@@ -46,6 +50,9 @@ class RunConfig:
     data_dir: Path | None = None
     lora: LoraSpec | None = None
     original: str | None = None
+    split_seed: int | None = None
+    original_seed: int | None = None
+    reference: str | None = None
 
 
 def seed_everything(seed: int) -> None:
@@ -55,7 +62,7 @@ def seed_everything(seed: int) -> None:
 
 
 def parse_time_budget(text: str) -> str | float:
-    """``retrain`` (unlearning may not take longer than retraining), ``none``, or seconds."""
+    """``retrain`` (unlearning may not process more examples than retraining would), ``none``, or wall seconds."""
     if text in ("retrain", "none"):
         return text
     try:
@@ -67,19 +74,37 @@ def parse_time_budget(text: str) -> str | float:
     return seconds
 
 
+def with_seeds(card: TaskCard, spec: dict, split_seed: int | None, original_seed: int | None) -> TaskCard:
+    """The card with another deletion set (``--split-seed``) or another θ₀ trained here (``--original-seed``)."""
+    overrides = {}
+    if split_seed is not None:
+        overrides["deletion"] = {"split_seed": split_seed}
+    if original_seed is not None:
+        if spec["original"] != "train":
+            raise UserError(f"--original-seed trains θ₀ here, but this family's original is '{spec['original']}' "
+                            f"(add --original train)")
+        overrides["train"] = {"seed": original_seed}
+    return TaskCard(card.path, merge(card.data, overrides)) if overrides else card
+
+
 class Prepared:
     """A task with its data loaded and encoded, its deletion set drawn and its model family chosen."""
 
     def __init__(self, registry: Registry, task_name: str, model_name: str | None, ratio: float | None,
-                 data_dir: Path | None = None, original: str | None = None):
-        self.card = registry.card(task_name)
-        self.task = registry.task_type(self.card)
-        name, spec = self.card.model(model_name)
+                 data_dir: Path | None = None, original: str | None = None, split_seed: int | None = None,
+                 original_seed: int | None = None):
+        card = registry.card(task_name)
+        name, spec = card.model(model_name)
         if original is not None:  # --original: `train`, a checkpoint or a hub id instead of the card's
             spec = spec | {"original": original}
+        self.card = with_seeds(card, spec, split_seed, original_seed)
+        self.task = registry.task_type(self.card)
         self.family = Family(name, spec, registry.architecture(self.card, spec["architecture"]), self.task)
+        self.classwise = self.card.data["deletion"].get("mode", "samples") == "classes"
+        if self.classwise and ratio is not None:
+            raise UserError(f"task '{self.card.name}' deletes whole classes (deletion.mode: classes): it takes no --deletion-ratio")
         self.ratio = self.card.default_ratio if ratio is None else ratio
-        if self.ratio not in self.card.ratios:
+        if self.ratio not in self.card.ratios and not self.classwise:
             raise UserError(f"deletion ratio {self.ratio} is not one of task '{self.card.name}''s ratios: "
                             f"{', '.join(f'{r:g}' for r in self.card.ratios)}")
         if data_dir is not None and not Path(data_dir).is_dir():
@@ -95,7 +120,11 @@ class Prepared:
         self.task.prepare(splits["train"])
         self.n_train, self.n_test = len(splits["train"]), len(splits["test"])
         self.data_sha256 = fingerprint(splits["train"])
-        self.forget = forget_indices(self.n_train, self.task.strata(splits["train"]), self.ratio, self.card.split_seed)
+        strata = self.task.strata(splits["train"])
+        if self.classwise:
+            self.draw_classes(strata, self.task.strata(splits["test"]))
+        else:
+            self.forget = forget_indices(self.n_train, strata, self.ratio, self.card.split_seed)
         if self.task.preprocesses:
             splits = {"train": preprocessed(self.task, splits["train"], "train", self.data_sha256, self.card.name),
                       "test": preprocessed(self.task, splits["test"], "test", fingerprint(splits["test"]), self.card.name)}
@@ -105,13 +134,29 @@ class Prepared:
             shifted = preprocessed(self.task, shifted, "shifted", fingerprint(shifted), self.card.name)
         self.shifted = None if shifted is None else self.task.encode(shifted)
 
+    def draw_classes(self, train_strata, test_strata) -> None:
+        """Class-wise deletion: D_f is every training example of the chosen classes; D_test splits into their
+        test examples (part ``forgotten``) and the rest (part ``test``)."""
+        spec = self.card.data["deletion"]
+        if train_strata is None:
+            raise UserError(f"task '{self.card.name}': class-wise deletion needs a task type with classes")
+        try:
+            self.classes = chosen_classes(self.task.label_names, spec.get("classes"), spec.get("n_classes"), self.card.split_seed)
+        except ValueError as e:
+            raise UserError(f"task '{self.card.name}': {e}") from None
+        self.forget = np.flatnonzero(np.isin(train_strata, self.classes))
+        self.test_rows = np.flatnonzero(~np.isin(test_strata, self.classes))
+        self.forgotten_rows = np.flatnonzero(np.isin(test_strata, self.classes))
+        self.ratio = round(len(self.forget) / self.n_train, 4)
+
     def original(self, device, precision, retrain_cache: bool = False):
         evaluator = Evaluator.for_card(self.card, self.task, self.metrics, device, precision)
         return resolve_original(self.card, self.family, self.train, self.test, self.data_sha256, evaluator, retrain_cache)
 
     def data(self, device, seed: int = 0) -> UnlearningData:
         """D_f, D_r and D_test of this task, with loaders seeded by ``seed`` (evaluation reads them unshuffled)."""
-        return UnlearningData(self.task, self.train, self.test, self.forget, seed, device, self.shifted)
+        return UnlearningData(self.task, self.train, self.test, self.forget, seed, device, self.shifted,
+                              getattr(self, "test_rows", None), getattr(self, "forgotten_rows", None))
 
     def context(self, model: torch.nn.Module, seed: int, device, precision: str, budget: Budget | None = None,
                 lora: LoraSpec | None = None) -> Context:
@@ -125,21 +170,18 @@ class Prepared:
                        budget or Budget())
 
 
-def unlearning_budget(setting, method_cls, original, card, n_retain: int, device) -> Budget:
-    """The budget unlearning runs under; by default the time retraining would take.
+def unlearning_budget(setting, method_cls, card, n_retain: int) -> Budget:
+    """The budget unlearning runs under; by default the work retraining would do.
 
-    Retraining time is the original's recorded training time scaled to |D_r| when it
-    was trained on this kind of device; otherwise retraining's optimiser steps.
+    That is the number of training examples retraining processes (the card's ``train``
+    epochs × |D_r|), counted through the optimiser: deterministic, the same on any
+    machine under any load. ``--time-budget SECONDS`` sets a wall-clock budget instead.
     """
     if setting == "none" or not method_cls.time_limited:
         return Budget()
     if isinstance(setting, float):
         return Budget(seconds=setting)
-    sidecar = original.sidecar
-    if sidecar.get("train_seconds") and sidecar.get("device") == device.type and sidecar.get("n_train"):
-        return Budget(seconds=sidecar["train_seconds"] * n_retain / sidecar["n_train"])
-    recipe = card.data["train"]
-    return Budget(steps=int(recipe.get("epochs", 1)) * math.ceil(n_retain / int(recipe.get("batch_size", 32))))
+    return Budget(examples=int(card.data["train"].get("epochs", 1)) * n_retain)
 
 
 @dataclass
@@ -150,6 +192,7 @@ class Plan:
     prepared: Prepared
     method_cls: type
     args: dict
+    sources: dict
     budget_setting: str | float
     device: torch.device
     precision: str
@@ -159,10 +202,12 @@ class Plan:
 
 def resolve(config: RunConfig, registry: Registry) -> Plan:
     """Stage 1: the card, model family, method, hyperparameters, device, seed and metrics; every user error here."""
-    prepared = Prepared(registry, config.task, config.model, config.deletion_ratio, config.data_dir, config.original)
+    prepared = Prepared(registry, config.task, config.model, config.deletion_ratio, config.data_dir, config.original,
+                        config.split_seed, config.original_seed)
     card, task = prepared.card, prepared.task
     method_cls = registry.method(config.method)
-    args = method_cls.resolve_args(card, config.method_args)
+    sources = {}
+    args = method_cls.resolve_args(card, config.method_args, sources)
     budget_setting = parse_time_budget(config.time_budget)
     device = resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
@@ -171,14 +216,14 @@ def resolve(config: RunConfig, registry: Registry) -> Plan:
     if reason:
         raise UserError(f"method '{method_cls.name}' cannot run on task '{card.name}': {reason}")
     ensure_writable(config.output_path)
-    return Plan(config, prepared, method_cls, args, budget_setting, device, precision, seed,
+    return Plan(config, prepared, method_cls, args, sources, budget_setting, device, precision, seed,
                 Evaluator.for_card(card, task, prepared.metrics, device, precision))
 
 
 def unlearn(plan: Plan, original) -> tuple[Context, object, Budget, dict | None]:
     """Stage 5: the method on a context around θ₀, seeded with the run seed; returns the context, its report, the budget and LoRA."""
     prepared, card = plan.prepared, plan.prepared.card
-    budget = unlearning_budget(plan.budget_setting, plan.method_cls, original, card, prepared.n_train - len(prepared.forget), plan.device)
+    budget = unlearning_budget(plan.budget_setting, plan.method_cls, card, prepared.n_train - len(prepared.forget))
     ctx = prepared.context(original.model, plan.seed, plan.device, plan.precision, budget, plan.config.lora)
     peft = None
     if plan.config.lora is not None:
@@ -219,9 +264,46 @@ def run(config: RunConfig, registry: Registry | None = None) -> tuple[dict, Path
     times = {"unlearn_s": report.seconds, "eval_s": eval_s, "original_s": original_s, "total_s": time.perf_counter() - started}
     result = assemble(plan, original, before, after, report, budget, peft, times, n_parameters,
                       sum(p.numel() for p in ctx.model.parameters() if p.requires_grad))
+    cache = reference_path(result, plan)
+    if plan.method_cls.name == "retrain":
+        write_json(cache, result)
+    elif config.reference == "retrain":
+        if not cache.is_file():
+            log.info("reference: retraining on D_r with seed %d", plan.seed)
+            run(dataclasses.replace(config, method="retrain", method_args={}, reference=None), registry or Registry(config.include_paths))
+        result["reference"] = reference_block(result, load_result(cache), prepared.task.metric)
+        validate_result(result, "result")
     path = config.output_path / result_filename(result)
     write_json(path, result)
     return result, path
+
+
+def reference_path(result: dict, plan: Plan) -> Path:
+    """Where the retrained model's result for this cell is cached: keyed by everything its numbers depend on."""
+    key = {"card": result["task_card"]["sha256"], "model": plan.prepared.family.spec, "split": result["split"],
+           "seed": plan.seed, "device": plan.device.type, "precision": plan.precision, "peft": result["config"]["peft"],
+           "time_budget": plan.budget_setting}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return mubench_home() / "references" / result["task"] / result["model"] / f"{digest}.json"
+
+
+def reference_block(result: dict, retrained: dict, metric: str) -> dict:
+    """The gap of each metric to the retrained model, Deep Unlearn's objective and the efficiency t_retrain / t_method.
+
+    Deep Unlearn's objective is the mean of the gaps in the primary metric on D_r, D_f
+    and D_test, plus 1 − the loss attack's indiscernibility (lower is better).
+    """
+    ours, theirs = result["results"]["unlearned"], retrained["results"]["unlearned"]
+    gap = {key: abs(value - theirs[key]) for key, value in ours.items()
+           if isinstance(value, (int, float)) and isinstance(theirs.get(key), (int, float))}
+    parts = [gap.get(f"{part}_{metric}") for part in ("retain", "forget", "test")]
+    indiscernibility = ours.get("forget_mia_loss_indiscernibility")
+    objective = None
+    if None not in parts and indiscernibility is not None:
+        objective = sum(parts) / 3 + (1 - indiscernibility)
+    seconds = result["times"]["unlearn_s"]
+    return {"method": "retrain", "metrics": theirs, "unlearn_s": retrained["times"]["unlearn_s"], "gap": gap,
+            "deep_unlearn_score": objective, "efficiency": retrained["times"]["unlearn_s"] / seconds if seconds > 0 else None}
 
 
 def assemble(plan: Plan, original, before: dict, after: dict, report, budget: Budget, peft, times: dict,
@@ -235,17 +317,21 @@ def assemble(plan: Plan, original, before: dict, after: dict, report, budget: Bu
         "method": plan.method_cls.name,
         "model": prepared.family.name,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "config": {"deletion_ratio": prepared.ratio, "seed": plan.seed, "method_args": plan.args, "device": plan.device.type,
-                   "precision": plan.precision, "time_budget": plan.budget_setting, "peft": peft},
+        "config": {"deletion_ratio": prepared.ratio, "seed": plan.seed, "method_args": plan.args,
+                   "protocol": card.data.get("protocol", "mubench"), "method_args_sources": plan.sources, "device": plan.device.type,
+                   "precision": plan.precision, "time_budget": plan.budget_setting, "peft": peft}
+                  | {key: value for key in ("split_seed", "original_seed") if (value := getattr(plan.config, key)) is not None},
         "split": {"n_train": prepared.n_train, "n_forget": len(prepared.forget), "n_retain": prepared.n_train - len(prepared.forget),
                   "n_test": prepared.n_test, "forget_sha256": indices_sha256(prepared.forget),
                   "split_seed": card.split_seed, "data_sha256": prepared.data_sha256}
-                 | ({"n_shifted": len(prepared.shifted)} if prepared.shifted is not None else {}),
+                 | ({"n_shifted": len(prepared.shifted)} if prepared.shifted is not None else {})
+                 | ({"forget_classes": [prepared.task.label_names[i] for i in prepared.classes],
+                     "n_test_forgotten": len(prepared.forgotten_rows)} if prepared.classwise else {}),
         "metrics": describe(plan.evaluator.metrics),
         "results": {"original": finite(before), "unlearned": finite(after)},
         "times": times,
-        "unlearning": {"steps": report.steps, "budget_s": budget.seconds, "budget_steps": budget.steps,
-                       "budget_exhausted": report.budget_exhausted, "diverged": report.diverged},
+        "unlearning": {"steps": report.steps, "examples": report.examples, "budget_s": budget.seconds,
+                       "budget_examples": budget.examples, "budget_exhausted": report.budget_exhausted, "diverged": report.diverged},
         "model_info": {"architecture": prepared.family.spec["architecture"], "original": original.source,
                        "n_parameters": n_parameters, "trainable_fraction": n_trainable / n_parameters},
         "task_card": {"sha256": card.sha256},

@@ -62,26 +62,28 @@ def make_optimizer(params, optimizer: str, lr: float, momentum: float = 0.0, wei
 
 @dataclass
 class Budget:
-    """A limit on unlearning: wall seconds from :meth:`start`, optimiser steps, or neither."""
+    """A limit on unlearning: training examples processed (deterministic), wall seconds from :meth:`start`, or neither."""
 
     seconds: float | None = None
-    steps: int | None = None
+    examples: int | None = None
     deadline: float | None = field(default=None, init=False)
 
     def start(self) -> None:
         if self.seconds is not None:
             self.deadline = time.perf_counter() + self.seconds
 
-    def spent(self, steps: int) -> bool:
-        return (self.deadline is not None and time.perf_counter() >= self.deadline) or (
-            self.steps is not None and steps >= self.steps)
+    def spent(self, examples: int) -> bool:
+        return (self.examples is not None and examples >= self.examples) or (
+            self.deadline is not None and time.perf_counter() >= self.deadline)
 
 
 @dataclass
 class LoopReport:
-    """What an optimisation did: its steps, wall seconds, and whether the budget or a non-finite loss stopped it."""
+    """What an optimisation did: its steps, the examples it processed, wall seconds, and whether the budget or a
+    non-finite loss stopped it."""
 
     steps: int = 0
+    examples: int = 0
     seconds: float = 0.0
     budget_exhausted: bool = False
     diverged: bool = False
@@ -121,6 +123,7 @@ def optimise(objective, model: torch.nn.Module, epochs: int, device: torch.devic
             with autocast(device, precision):
                 loss = objective.loss(batch, phase)
             (loss / accumulate if accumulate > 1 else loss).backward()
+            report.examples += len(batch)
             pending += 1
             if pending < accumulate and not last:
                 continue
@@ -135,9 +138,9 @@ def optimise(objective, model: torch.nn.Module, epochs: int, device: torch.devic
             optimizer.zero_grad(set_to_none=True)
             report.steps += 1
             bar.update()
-            if budget is not None and budget.spent(report.steps):
+            if budget is not None and budget.spent(report.examples):
                 report.budget_exhausted = True
-                log.warning("%s: stopped by its time budget after %d steps (epoch %d of %d)", desc, report.steps, epoch + 1, epochs)
+                log.warning("%s: stopped by its budget after %d steps (epoch %d of %d)", desc, report.steps, epoch + 1, epochs)
                 break
             if last and not torch.isfinite(loss.detach()).item():  # one device sync per pass
                 report.diverged = True

@@ -19,10 +19,13 @@ PACKAGES = ("torch", "transformers", "datasets", "numpy", "scikit-learn", "safet
 
 
 def result_filename(result: dict) -> str:
-    """``<task>__<model>__<method>__df<percent>__seed<seed>.json``; a rerun replaces its file."""
+    """``<task>__<model>__<method>__df<percent>__seed<seed>.json`` (with ``__split<N>``, ``__orig<N>`` for
+    ``--split-seed``, ``--original-seed``); a rerun replaces its file."""
     config = result["config"]
-    return (f"{result['task']}__{result['model']}__{result['method']}"
-            f"__df{config['deletion_ratio'] * 100:g}__seed{config['seed']}.json")
+    varied = "".join(f"__{tag}{config[key]}" for key, tag in (("split_seed", "split"), ("original_seed", "orig")) if key in config)
+    classes = result["split"].get("forget_classes")
+    deleted = f"classes-{'+'.join(classes)}" if classes else f"df{config['deletion_ratio'] * 100:g}"
+    return f"{result['task']}__{result['model']}__{result['method']}__{deleted}__seed{config['seed']}{varied}.json"
 
 
 def git_hash() -> str | None:
@@ -93,6 +96,50 @@ def direction(result: dict, key: str) -> str:
     return "  ↑" if meaning.get("higher_is_better") else "  ↓"
 
 
+def mean_ci(values: list) -> tuple[float, float] | None:
+    """Mean and the half-width of its 95% confidence interval (Student's t), over the finite values; None for none."""
+    from scipy import stats
+
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    if not values:
+        return None
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, float("nan")
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    return mean, float(stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n))
+
+
+def seeds_table(results: list[dict]) -> str:
+    """Mean ± 95% CI per metric of the original and the unlearned model over runs that differ only in their seed."""
+    first = results[0]
+    keys = list(first["results"]["original"]) + ["unlearn_s"]
+    width = max(len(k) for k in keys) + 4
+    seeds = ", ".join(str(r["config"]["seed"]) for r in results)
+    lines = [f"{first['task']} / {first['model']} / {first['method']}  (D_f {first['split']['n_forget']} of "
+             f"{first['split']['n_train']}; seeds {seeds}; mean ± 95% CI)",
+             f"{'metric':<{width}}  {'original':>17}  {'unlearned':>17}"]
+
+    def cell(values):
+        summary = mean_ci(values)
+        return f"{'n/a':>17}" if summary is None else f"{summary[0]:8.4f} ± {summary[1]:6.4f}"
+
+    for key in keys:
+        if key == "unlearn_s":
+            row = [f"{'':>17}", cell([r["times"]["unlearn_s"] for r in results])]
+        else:
+            row = [cell([r["results"][block].get(key) for r in results]) for block in ("original", "unlearned")]
+        lines.append(f"{key:<{width}}  " + "  ".join(row))
+    if all("reference" in r for r in results):
+        lines.append("against the retrained model:")
+        for key in ("deep_unlearn_score", "efficiency"):
+            lines.append(f"{key:<{width}}  {'':>17}  " + cell([r["reference"][key] for r in results]))
+        for key in first["reference"]["gap"]:
+            lines.append(f"{'gap ' + key:<{width}}  {'':>17}  " + cell([r["reference"]["gap"].get(key) for r in results]))
+    return "\n".join(lines)
+
+
 def summary_table(result: dict) -> str:
     """A short table of the metrics of the original and the unlearned model."""
     original, unlearned = result["results"]["original"], result["results"]["unlearned"]
@@ -105,4 +152,13 @@ def summary_table(result: dict) -> str:
         lines.append(f"{key:<{width}}  " + "  ".join("      n/a" if v is None else f"{v:9.4f}" for v in row) + direction(result, key))
     times = result["times"]
     lines.append(f"{'unlearn_s':<{width}}  {'':>9}  {times['unlearn_s']:9.2f}")
+    reference = result.get("reference")
+    if reference:
+        metrics = reference["metrics"]
+        lines.append("against the retrained model (retrain's value, gap):")
+        for key, gap in reference["gap"].items():
+            lines.append(f"{key:<{width}}  {metrics[key]:9.4f}  {gap:9.4f}")
+        for key in ("deep_unlearn_score", "efficiency"):
+            value = reference[key]
+            lines.append(f"{key:<{width}}  {'':>9}  " + ("      n/a" if value is None else f"{value:9.4f}"))
     return "\n".join(lines)

@@ -31,6 +31,18 @@ def forget_indices(n: int, strata: np.ndarray | None, ratio: float, seed: int) -
     return np.sort(deletion_order(n, strata, seed)[:count])
 
 
+def chosen_classes(label_names: list[str], names: list | None, count: int | None, seed: int) -> np.ndarray:
+    """Class-wise deletion's classes: the card's ``classes`` by name, else ``n_classes`` drawn with ``seed``; sorted indices."""
+    if names is not None:
+        unknown = [str(n) for n in names if str(n) not in label_names]
+        if unknown:
+            raise ValueError(f"deletion.classes names {unknown[0]!r}, which is not one of the task's classes ({', '.join(label_names)})")
+        return np.sort([label_names.index(str(n)) for n in names])
+    if not 0 < (count or 0) < len(label_names):
+        raise ValueError(f"deletion.n_classes must lie between 1 and {len(label_names) - 1}, got {count}")
+    return np.sort(np.random.default_rng(seed).choice(len(label_names), size=count, replace=False))
+
+
 def indices_sha256(indices: np.ndarray) -> str:
     """SHA-256 of the sorted indices written as decimal numbers joined by commas."""
     text = ",".join(str(int(i)) for i in np.sort(indices))

@@ -46,16 +46,16 @@ def digits_prepared(registry):
 
 @pytest.fixture(scope="session")
 def run_digits(registry, tmp_path_factory):
-    """Run a method on digits in-process (results cached per argument set); returns the result dict."""
+    """Run a method on digits (or ``task=`` another digits card) in-process, cached per argument set; returns the result."""
     from mubench.harness import RunConfig, run
 
     out = tmp_path_factory.mktemp("results")
     cache = {}
 
-    def go(method, **options):
-        key = (method, json.dumps(options, sort_keys=True, default=str))
+    def go(method, task="digits", **options):
+        key = (task, method, json.dumps(options, sort_keys=True, default=str))
         if key not in cache:
-            cache[key] = run(RunConfig(task="digits", method=method, output_path=out, **options), registry)
+            cache[key] = run(RunConfig(task=task, method=method, output_path=out, **options), registry)
         return cache[key]
 
     return go

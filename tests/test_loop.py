@@ -28,6 +28,9 @@ class Item:
     def to(self, device):
         return self
 
+    def __len__(self):
+        return len(self.x)
+
 
 class Regression(Method):
     """Least squares over given batches: a method whose exact updates are easy to recompute."""

@@ -40,7 +40,7 @@ def test_retrain_trains_from_scratch_without_a_budget(run_digits):
     result, path = run_digits("retrain")
     validate_result(result, path)
     assert result["config"]["method_args"]["epochs"] == 30  # the card's train recipe
-    assert result["unlearning"]["budget_s"] is None and result["unlearning"]["budget_steps"] is None
+    assert result["unlearning"]["budget_s"] is None and result["unlearning"]["budget_examples"] is None
     assert result["results"]["unlearned"]["test_acc"] >= result["results"]["original"]["test_acc"] - 0.03
 
 
@@ -57,10 +57,27 @@ def test_a_method_stops_at_its_time_budget(run_digits):
     assert result["unlearning"]["steps"] < full["unlearning"]["steps"]
 
 
-def test_the_default_budget_is_retraining_time(run_digits):
+def test_the_default_budget_is_the_work_of_retraining(run_digits):
+    """Deterministic: the examples retraining processes (the card's train epochs × |D_r|), counted by the loop."""
     result, _ = run_digits("salun")
-    budget = result["unlearning"]["budget_s"]
-    assert budget is not None and result["times"]["unlearn_s"] < budget
+    budget = result["unlearning"]["budget_examples"]
+    assert budget == 30 * result["split"]["n_retain"] and result["unlearning"]["budget_s"] is None
+    assert 0 < result["unlearning"]["examples"] <= budget
+
+
+def test_a_budget_of_examples_stops_a_method_at_the_same_step_every_time(registry, digits_context):
+    """Retraining-work budgets are deterministic: a method stops after the same number of examples on any machine."""
+    from mubench.loop import Budget
+
+    card, make = digits_context
+    reports = []
+    for _ in range(2):
+        ctx = make()
+        ctx.budget = Budget(examples=100)
+        cls = registry.method("randlabel")
+        reports.append(cls(ctx, cls.resolve_args(card)).unlearn())
+    assert all(r.budget_exhausted for r in reports)
+    assert reports[0].examples == reports[1].examples == 128 and reports[0].steps == reports[1].steps == 4  # batches of 32
 
 
 @pytest.fixture(scope="module")
@@ -180,21 +197,11 @@ def test_a_method_that_cannot_apply_says_so_before_it_starts(registry, tmp_path)
     assert not (tmp_path / "out").exists()
 
 
-def test_the_retrain_budget_is_derived_from_the_original(registry):
-    from types import SimpleNamespace
-
+def test_the_retrain_budget_is_derived_from_the_card(registry):
+    card, salun, retrain = registry.card("digits"), registry.method("salun"), registry.method("retrain")
     from mubench.harness import unlearning_budget
 
-    card, salun, retrain = registry.card("digits"), registry.method("salun"), registry.method("retrain")
-    cpu = torch.device("cpu")
-    trained_here = SimpleNamespace(sidecar={"train_seconds": 10.0, "n_train": 1000, "device": "cpu"})
-    from_elsewhere = SimpleNamespace(sidecar={})  # e.g. a hub checkpoint with no training time
-    assert unlearning_budget("retrain", salun, trained_here, card, 900, cpu).seconds == pytest.approx(9.0)
-    on_gpu = unlearning_budget("retrain", salun, trained_here, card, 900, torch.device("cuda"))
-    steps = card.data["train"]["epochs"] * -(-900 // card.data["train"]["batch_size"])
-    assert on_gpu.seconds is None and on_gpu.steps == steps
-    assert unlearning_budget("retrain", salun, from_elsewhere, card, 900, cpu).steps == steps
-    assert unlearning_budget(2.5, salun, trained_here, card, 900, cpu).seconds == 2.5
-    for unlimited in (unlearning_budget("none", salun, trained_here, card, 900, cpu),
-                      unlearning_budget("retrain", retrain, trained_here, card, 900, cpu)):
-        assert unlimited.seconds is None and unlimited.steps is None
+    assert unlearning_budget("retrain", salun, card, 900).examples == card.data["train"]["epochs"] * 900
+    assert unlearning_budget(2.5, salun, card, 900).seconds == 2.5
+    for unlimited in (unlearning_budget("none", salun, card, 900), unlearning_budget("retrain", retrain, card, 900)):
+        assert unlimited.seconds is None and unlimited.examples is None

@@ -3,7 +3,10 @@ import hashlib
 
 import numpy as np
 import pytest
+import yaml
+from tests_support import digits_card_dict
 
+from mubench.results import validate_result
 from mubench.splits import deletion_order, forget_indices, indices_sha256
 
 RATIOS = [r / 100 for r in range(1, 11)]
@@ -74,3 +77,49 @@ def test_digits_deletion_set_is_stable_across_machines(registry):
 def test_bad_ratio_is_rejected():
     with pytest.raises(ValueError):
         forget_indices(10, None, 1.5, seed=0)
+
+
+def test_class_wise_deletion_forgets_whole_classes(run_digits):
+    """D_f is every training image of the drawn digit; the retrained model never saw it."""
+    retrained, path = run_digits("retrain", task="digits_classes")
+    validate_result(retrained, path)
+    (digit,) = retrained["split"]["forget_classes"]
+    assert path.name == f"digits_classes__cnn__retrain__classes-{digit}__seed42.json"
+    original, after = retrained["results"]["original"], retrained["results"]["unlearned"]
+    assert original["forget_acc"] > 0.95 and original["forgotten_acc"] > 0.9
+    assert after["forget_acc"] == 0.0 and after["forgotten_acc"] == 0.0 and after["test_acc"] > 0.95
+    assert retrained["split"]["n_test_forgotten"] > 30 and retrained["split"]["n_forget"] > 100
+    assert 0.08 < retrained["config"]["deletion_ratio"] < 0.12  # one class of ten
+
+
+def test_class_wise_deletion_by_name_and_its_errors(registry, tmp_path):
+    from mubench.api.registry import Registry
+    from mubench.errors import UserError
+    from mubench.harness import Prepared
+
+    card = digits_card_dict() | {"task": "digits_three"}
+    card["deletion"] = card["deletion"] | {"mode": "classes", "classes": ["3", "8"]}
+    (tmp_path / "three.yaml").write_text(yaml.safe_dump(card))
+    bad = card | {"task": "digits_eleven", "deletion": card["deletion"] | {"classes": ["11"]}}
+    (tmp_path / "eleven.yaml").write_text(yaml.safe_dump(bad))
+    local = Registry(include_paths=[tmp_path])
+    prepared = Prepared(local, "digits_three", None, None)
+    prepared.load()
+    labels = prepared.train.tensors["labels"].numpy()
+    assert set(np.unique(labels[prepared.forget])) == {3, 8} and (np.isin(labels, [3, 8]).sum() == len(prepared.forget))
+    with pytest.raises(UserError, match="takes no --deletion-ratio"):
+        Prepared(local, "digits_three", None, 0.05)
+    eleven = Prepared(local, "digits_eleven", None, None)
+    with pytest.raises(UserError, match="deletion.classes names '11'"):
+        eleven.load()
+
+
+def test_the_memorising_scenario_has_something_to_forget(run_digits):
+    """θ₀ memorises its 100 training images; retraining without D_f (20 of them) gets D_f visibly wrong."""
+    retrained, path = run_digits("retrain", task="digits_memorise")
+    validate_result(retrained, path)
+    original, after = retrained["results"]["original"], retrained["results"]["unlearned"]
+    assert retrained["split"]["n_train"] == 100 and retrained["split"]["n_forget"] == 20
+    assert original["retain_acc"] == 1.0 and original["forget_acc"] == 1.0
+    assert original["test_acc"] < 0.95  # a clear gap between training and test accuracy
+    assert after["forget_acc"] <= original["forget_acc"] - 0.1

@@ -82,20 +82,33 @@ class Method:
         self.step = 0
 
     @classmethod
-    def resolve_args(cls, card, overrides: dict | None = None) -> dict:
+    def resolve_args(cls, card, overrides: dict | None = None, sources: dict | None = None) -> dict:
         """Hyperparameters: ``defaults`` < card recipe < ``methods.<name>`` < ``overrides``.
 
-        The card's shared recipe sets only the keys a method declares; a key the
-        method does not know in ``methods.<name>`` or ``overrides`` is an error.
+        The card's shared recipe (``unlearn``, or ``train`` for ``recipe = "train"``)
+        sets the keys a method declares under the card's ``protocol: mubench`` (the
+        default: MU-Bench's one optimiser and batch size for all methods); under
+        ``protocol: authors`` the shared ``unlearn`` recipe is skipped and each method
+        keeps its authors' defaults. A key the method does not know in
+        ``methods.<name>`` or ``overrides`` is an error. ``sources``, if given, is
+        filled with where each value came from: ``method``, ``card.<recipe>``,
+        ``card.methods``, ``command line``.
         """
         args = dict(cls.defaults)
-        args.update({k: v for k, v in card.data[cls.recipe].items() if k in args})
-        for source, values in ((f"{card.path}: methods.{cls.name}", card.data.get("methods", {}).get(cls.name, {})),
-                               ("--method-args", overrides or {})):
+        origin = dict.fromkeys(args, "method")
+        if cls.recipe == "train" or card.data.get("protocol", "mubench") == "mubench":
+            shared = {k: v for k, v in card.data[cls.recipe].items() if k in args}
+            args.update(shared)
+            origin.update(dict.fromkeys(shared, f"card.{cls.recipe}"))
+        for tag, source, values in (("card.methods", f"{card.path}: methods.{cls.name}", card.data.get("methods", {}).get(cls.name, {})),
+                                    ("command line", "--method-args", overrides or {})):
             for key, value in values.items():
                 if key not in args:
                     raise unknown_name(f"argument of method '{cls.name}' in {source}", key, args)
                 args[key] = _coerce(key, value, cls.defaults[key], source)
+                origin[key] = tag
+        if sources is not None:
+            sources.update(origin)
         problem = cls.check_args(args)
         if problem:
             raise UserError(f"method '{cls.name}': {problem}")
@@ -207,6 +220,9 @@ class Pair:
 
     def to(self, device: torch.device) -> Pair:
         return Pair(self.forget.to(device), self.retain.to(device))
+
+    def __len__(self) -> int:
+        return len(self.forget) + len(self.retain)
 
 
 class PairedLoader:

@@ -7,7 +7,9 @@ import numpy as np
 def load_digits(spec: dict):
     """1,797 real 8×8 digit images (grey, uint8) in 10 classes, split train/test stratified.
 
-    ``options``: ``test_size`` (default 0.2) and ``seed`` (default 0) of the split.
+    ``options``: ``test_size`` (default 0.2) and ``seed`` (default 0) of the split;
+    ``train_size`` keeps only that many training examples (stratified, from the same
+    seed): a small training split that a model can memorise.
     """
     import datasets
     from sklearn.datasets import load_digits as sklearn_digits
@@ -22,6 +24,9 @@ def load_digits(spec: dict):
     })
     train, test = train_test_split(np.arange(len(images)), test_size=options.get("test_size", 0.2),
                                    stratify=digits.target, random_state=options.get("seed", 0))
+    if options.get("train_size"):
+        train, _ = train_test_split(train, train_size=options["train_size"], stratify=digits.target[train],
+                                    random_state=options.get("seed", 0))
     return datasets.DatasetDict({
         name: datasets.Dataset.from_dict({"image": images[idx], "label": digits.target[idx]}, features=features)
         for name, idx in (("train", train), ("test", test))
