@@ -115,11 +115,12 @@ def test_class_wise_deletion_by_name_and_its_errors(registry, tmp_path):
 
 
 def test_the_memorising_scenario_has_something_to_forget(run_digits):
-    """θ₀ memorises its 100 training images; retraining without D_f (20 of them) gets D_f visibly wrong."""
+    """θ₀ memorises 300 images with 30% noisy labels; its loss attack sees D_f, and retraining gets D_f visibly wrong."""
     retrained, path = run_digits("retrain", task="digits_memorise")
     validate_result(retrained, path)
     original, after = retrained["results"]["original"], retrained["results"]["unlearned"]
-    assert retrained["split"]["n_train"] == 100 and retrained["split"]["n_forget"] == 20
+    assert retrained["split"]["n_train"] == 300 and retrained["split"]["n_forget"] == 60
     assert original["retain_acc"] == 1.0 and original["forget_acc"] == 1.0
-    assert original["test_acc"] < 0.95  # a clear gap between training and test accuracy
-    assert after["forget_acc"] <= original["forget_acc"] - 0.1
+    assert original["test_acc"] < 0.8  # a clear gap between training and test accuracy
+    assert original["forget_mia_loss_acc"] > 0.65  # a membership signal
+    assert after["forget_acc"] <= 0.8 and after["forget_mia_loss_acc"] < original["forget_mia_loss_acc"] - 0.1

@@ -9,7 +9,10 @@ def load_digits(spec: dict):
 
     ``options``: ``test_size`` (default 0.2) and ``seed`` (default 0) of the split;
     ``train_size`` keeps only that many training examples (stratified, from the same
-    seed): a small training split that a model can memorise.
+    seed): a small training split that a model can memorise; ``label_noise`` replaces
+    that share of the labels, in both splits, by labels drawn uniformly (seeded), so
+    that fitting the training split means memorising it (Zhang et al. 2017) while
+    members and non-members still come from one distribution.
     """
     import datasets
     from sklearn.datasets import load_digits as sklearn_digits
@@ -27,7 +30,12 @@ def load_digits(spec: dict):
     if options.get("train_size"):
         train, _ = train_test_split(train, train_size=options["train_size"], stratify=digits.target[train],
                                     random_state=options.get("seed", 0))
+    labels = digits.target.copy()
+    if options.get("label_noise"):
+        rng = np.random.default_rng(options.get("seed", 0))
+        noisy = rng.random(len(labels)) < options["label_noise"]
+        labels[noisy] = rng.integers(0, 10, noisy.sum())
     return datasets.DatasetDict({
-        name: datasets.Dataset.from_dict({"image": images[idx], "label": digits.target[idx]}, features=features)
+        name: datasets.Dataset.from_dict({"image": images[idx], "label": labels[idx]}, features=features)
         for name, idx in (("train", train), ("test", test))
     })
