@@ -44,6 +44,7 @@ def test_split_and_original_seeds_change_d_f_and_theta_0(run_digits, cli, tmp_pa
     assert other["split"]["split_seed"] == 1 and other["split"]["forget_sha256"] != base["split"]["forget_sha256"]
     assert other["split"]["n_forget"] == base["split"]["n_forget"]  # same ratio, other samples
     assert other["model_info"]["original"] != base["model_info"]["original"]  # θ₀ cached apart
+    assert other["model_info"]["train_seed"] == 1 and base["model_info"]["train_seed"] == 0
 
 
 def test_original_seed_needs_an_original_trained_here(cli):
