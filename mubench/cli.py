@@ -6,6 +6,7 @@ written when a run fails.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import re
 import sys
@@ -144,15 +145,15 @@ def cmd_run(args) -> int:
     from mubench.results import seeds_table, summary_table
 
     registry = Registry(args.include_path)
+    config = RunConfig(task=args.task, method=args.method, model=args.model, deletion_ratio=args.deletion_ratio,
+                       method_args=parse_method_args(args.method_args), device=args.device,
+                       precision=args.precision, time_budget=args.time_budget, output_path=args.output_path,
+                       include_paths=args.include_path, data_dir=args.data_dir, lora=lora_spec(args),
+                       original=args.original, split_seed=args.split_seed, original_seed=args.original_seed,
+                       reference=args.reference)
     results = []
     for seed in args.seeds or [args.seed]:
-        config = RunConfig(task=args.task, method=args.method, model=args.model, deletion_ratio=args.deletion_ratio,
-                           seed=seed, method_args=parse_method_args(args.method_args), device=args.device,
-                           precision=args.precision, time_budget=args.time_budget, output_path=args.output_path,
-                           include_paths=args.include_path, data_dir=args.data_dir, lora=lora_spec(args),
-                           original=args.original, split_seed=args.split_seed, original_seed=args.original_seed,
-                           reference=args.reference)
-        result, path = run(config, registry)
+        result, path = run(dataclasses.replace(config, seed=seed), registry)
         results.append(result)
         if not args.seeds:
             print(summary_table(result))

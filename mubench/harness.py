@@ -111,6 +111,7 @@ class Prepared:
             raise UserError(f"--data-dir {data_dir}: no such folder")
         self.metrics = select_metrics(self.card, self.task, registry.metrics)
         self.shifted = None  # a shifted test set, read by load() where the card enables one
+        self.classes = self.test_rows = self.forgotten_rows = None  # class-wise deletion, drawn by load()
         self.registry, self.data_dir = registry, data_dir
 
     def load(self) -> None:
@@ -156,7 +157,7 @@ class Prepared:
     def data(self, device, seed: int = 0) -> UnlearningData:
         """D_f, D_r and D_test of this task, with loaders seeded by ``seed`` (evaluation reads them unshuffled)."""
         return UnlearningData(self.task, self.train, self.test, self.forget, seed, device, self.shifted,
-                              getattr(self, "test_rows", None), getattr(self, "forgotten_rows", None))
+                              self.test_rows, self.forgotten_rows)
 
     def context(self, model: torch.nn.Module, seed: int, device, precision: str, budget: Budget | None = None,
                 lora: LoraSpec | None = None) -> Context:
@@ -270,7 +271,7 @@ def run(config: RunConfig, registry: Registry | None = None) -> tuple[dict, Path
     elif config.reference == "retrain":
         if not cache.is_file():
             log.info("reference: retraining on D_r with seed %d", plan.seed)
-            run(dataclasses.replace(config, method="retrain", method_args={}, reference=None), registry or Registry(config.include_paths))
+            run(dataclasses.replace(config, method="retrain", method_args={}, reference=None), prepared.registry)
         result["reference"] = reference_block(result, load_result(cache), prepared.task.metric)
         validate_result(result, "result")
     path = config.output_path / result_filename(result)

@@ -95,6 +95,16 @@ def learning_rate_factor(step: int, epoch: int, warmup_steps: int, milestones: l
     return warm * decay ** sum(epoch >= m for m in milestones)
 
 
+SCHEDULE_KEYS = ("lr_decay_epochs", "lr_decay", "grad_accum_steps", "max_grad_norm", "warmup_steps")
+
+
+def objective_optimizer(objective, params) -> tuple[torch.optim.Optimizer, dict]:
+    """The optimiser the objective's settings name, and the rest of its settings (schedule, accumulation, clipping)."""
+    settings = objective.optimizer_settings()
+    schedule = {key: settings.pop(key) for key in SCHEDULE_KEYS}
+    return make_optimizer(params, **settings), schedule
+
+
 def optimise(objective, model: torch.nn.Module, epochs: int, device: torch.device, precision: str,
              budget: Budget | None = None, desc: str = "train") -> LoopReport:
     """Run ``objective`` (a :class:`mubench.api.Method`) on ``model`` for ``epochs`` epochs.
@@ -106,11 +116,10 @@ def optimise(objective, model: torch.nn.Module, epochs: int, device: torch.devic
     decays at ``lr_decay_epochs``. The objective's ``step`` is the optimiser step
     the current batch contributes to.
     """
-    settings = objective.optimizer_settings()
-    milestones, decay = settings.pop("lr_decay_epochs"), settings.pop("lr_decay")
-    accumulate, max_norm, warmup = settings.pop("grad_accum_steps"), settings.pop("max_grad_norm"), settings.pop("warmup_steps")
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_optimizer(params, **settings)
+    optimizer, schedule = objective_optimizer(objective, params)
+    milestones, decay = schedule["lr_decay_epochs"], schedule["lr_decay"]
+    accumulate, max_norm, warmup = schedule["grad_accum_steps"], schedule["max_grad_norm"], schedule["warmup_steps"]
     base_lrs = [group["lr"] for group in optimizer.param_groups]
     report = LoopReport()
     model.train()

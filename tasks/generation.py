@@ -26,17 +26,11 @@ from mubench.api import ArrowExamples, TaskType
 from mubench.api.losses import IGNORE, label_logprobs, sequence_nll, token_kl
 from mubench.metrics import rouge_scores
 from mubench.tasks.pretrained import load_processor
-from mubench.tasks.text import pad
+from mubench.tasks.text import pad, padded_tokens, tokens
 
 GENERATION = {"max_new_tokens": 64, "num_beams": 1, "use_cache": True, "score": "rougeL"}
 SCORES = {"rouge1": ("rouge1", "fmeasure"), "rouge2": ("rouge2", "fmeasure"), "rougeL": ("rougeL", "fmeasure"),
           "rougeLsum": ("rougeLsum", "fmeasure"), "rougeL_recall": ("rougeL", "recall")}
-
-
-def ids(tokenizer, texts: list[str], max_length: int, **kwargs) -> list[np.ndarray]:
-    """Token ids per text, truncated to ``max_length``, unpadded."""
-    encoded = tokenizer(texts, truncation=True, max_length=max_length, **kwargs)["input_ids"]
-    return [np.asarray(x, dtype=np.int32) for x in encoded]
 
 
 class TextGenerationTask(TaskType):
@@ -154,14 +148,13 @@ class Seq2SeqGenerationTask(TextGenerationTask):
     def preprocess(self, batch):
         sources = [self.options.get("prefix", "") + text for text in self.sources(batch)]
         targets = list(batch[self.column("target")])
-        return {"input_ids": ids(self.processor, sources, self.options.get("max_source_length", 512)),
-                "target_ids": ids(self.processor, targets, self.options.get("max_target_length", 128)),
+        return {"input_ids": tokens(self.processor, sources, self.options.get("max_source_length", 512))["input_ids"],
+                "target_ids": tokens(self.processor, targets, self.options.get("max_target_length", 128))["input_ids"],
                 "reference": targets}
 
     def collate(self, items):
-        sources = items["input_ids"]
-        return {"input_ids": pad(sources, self.pad_id), "attention_mask": pad([np.ones(len(x), np.int64) for x in sources], 0),
-                "labels": pad(items["target_ids"], IGNORE), "reference": list(items["reference"])}
+        return padded_tokens({"input_ids": items["input_ids"]}, self.pad_id) | {
+            "labels": pad(items["target_ids"], IGNORE), "reference": list(items["reference"])}
 
     def forward(self, model, inputs):
         decoder_input_ids = model.prepare_decoder_input_ids_from_labels(labels=inputs["labels"])
@@ -191,9 +184,10 @@ class CausalGenerationTask(TextGenerationTask):
     def preprocess(self, batch):
         prompts = [self.prompt_format.format(prompt=text) for text in self.sources(batch)]
         targets = list(batch[self.column("target")])
-        target_ids = ids(self.processor, targets, self.options.get("max_target_length", 128) - 1, add_special_tokens=False)
+        target_ids = tokens(self.processor, targets, self.options.get("max_target_length", 128) - 1,
+                            add_special_tokens=False)["input_ids"]
         eos = np.asarray([self.processor.eos_token_id], dtype=np.int32)
-        return {"prompt_ids": ids(self.processor, prompts, self.options.get("max_source_length", 512)),
+        return {"prompt_ids": tokens(self.processor, prompts, self.options.get("max_source_length", 512))["input_ids"],
                 "target_ids": [np.concatenate([t, eos]) for t in target_ids], "reference": targets}
 
     def collate(self, items):

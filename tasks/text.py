@@ -17,9 +17,12 @@ def pad(items: list, value: int) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
-def tokens(tokenizer, texts: list[str], max_length: int) -> dict[str, list]:
-    """Token ids (and token type ids, where the tokenizer makes them) per text, truncated, unpadded."""
-    encoded = tokenizer(texts, truncation=True, max_length=max_length)
+def tokens(tokenizer, texts: list[str], max_length: int, **kwargs) -> dict[str, list]:
+    """Token ids (and token type ids, where the tokenizer makes them) per text, truncated, unpadded.
+
+    ``kwargs`` go to the tokenizer (e.g. ``add_special_tokens=False``).
+    """
+    encoded = tokenizer(texts, truncation=True, max_length=max_length, **kwargs)
     return {key: [np.asarray(x, dtype=np.int32) for x in encoded[key]] for key in ("input_ids", "token_type_ids") if key in encoded}
 
 

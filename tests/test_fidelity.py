@@ -17,7 +17,7 @@ from torch import nn
 
 from mubench.api import Context
 from mubench.data import Batch
-from mubench.loop import make_optimizer
+from mubench.loop import objective_optimizer
 
 TOL = 1e-5
 K = 10
@@ -62,10 +62,7 @@ def assert_close(ours, theirs):
 
 def one_step(m, batch, phase):
     """The core's step: backward, the method's gradient surgery, its optimiser (as the loop builds it)."""
-    settings = m.optimizer_settings()
-    for key in ("lr_decay_epochs", "lr_decay", "grad_accum_steps", "max_grad_norm", "warmup_steps"):
-        settings.pop(key)
-    optimizer = make_optimizer([p for p in m.model.parameters() if p.requires_grad], **settings)
+    optimizer, _ = objective_optimizer(m, [p for p in m.model.parameters() if p.requires_grad])
     m.model.zero_grad(set_to_none=True)
     m.loss(batch, phase).backward()
     m.after_backward()
