@@ -1,6 +1,7 @@
-"""The ``mubench`` command: ``run``, ``train``, ``list``, ``data`` and ``validate``.
+"""The ``mubench`` command: ``run``, ``train``, ``list``, ``data``, ``validate`` and ``verify``.
 
-Errors in what the user gave are one line on stderr and exit code 2; nothing is
+Errors in what the user gave (a name, an argument, a card, a result, a cache entry
+that fails verification) are one line on stderr and exit code 2; nothing is
 written when a run fails.
 """
 from __future__ import annotations
@@ -82,6 +83,8 @@ def build_parser() -> Parser:
     run.add_argument("--method-args", default="", metavar="K=V,...", help="override hyperparameters")
     run.add_argument("--time-budget", default="retrain", help="'retrain' (default), 'none' or seconds")
     run.add_argument("--output-path", type=Path, default=Path("results"), metavar="DIR")
+    run.add_argument("--save-model", action="store_true",
+                     help="keep the unlearned weights (safetensors) beside the result, for `mubench verify`")
     run.add_argument("--peft", choices=["lora"], help="unlearn through LoRA adapters only (and the head)")
     lora = run.add_mutually_exclusive_group()
     lora.add_argument("--lora-rank", type=int, metavar="R", help="LoRA rank (default 8)")
@@ -110,8 +113,20 @@ def build_parser() -> Parser:
     data.add_argument("--include-path", action="append", default=[], metavar="DIR")
     data.add_argument("--data-dir", type=Path, metavar="DIR", help="a local copy of the dataset instead of the card's source")
 
-    validate = sub.add_parser("validate", help="check task cards (.yaml) or results (.json)")
+    validate = sub.add_parser("validate", help="check task cards (.yaml) or results (.json): shape and meaning")
     validate.add_argument("files", nargs="+", type=Path)
+    validate.add_argument("--include-path", action="append", default=[], metavar="DIR")
+    validate.add_argument("--no-data", action="store_true",
+                          help="do not read the task's data to re-draw the deletion set (checks that need it are skipped)")
+    validate.add_argument("--data-dir", type=Path, metavar="DIR", help="a local copy of the task's dataset")
+
+    verify = sub.add_parser("verify", help="re-evaluate a result's saved unlearned weights and confirm its metrics")
+    verify.add_argument("result", type=Path)
+    verify.add_argument("--tolerance", type=float, default=1e-6, metavar="T",
+                        help="largest accepted absolute difference per metric (default 1e-6)")
+    verify.add_argument("--include-path", action="append", default=[], metavar="DIR")
+    verify.add_argument("--data-dir", type=Path, metavar="DIR", help="a local copy of the task's dataset")
+    verify.add_argument("--device", default="cpu", help="cpu (default) or cuda; the result's own device to verify exactly")
     return parser
 
 
@@ -150,7 +165,7 @@ def cmd_run(args) -> int:
                        precision=args.precision, time_budget=args.time_budget, output_path=args.output_path,
                        include_paths=args.include_path, data_dir=args.data_dir, lora=lora_spec(args),
                        original=args.original, split_seed=args.split_seed, original_seed=args.original_seed,
-                       reference=args.reference)
+                       reference=args.reference, save_model=args.save_model)
     results = []
     for seed in args.seeds or [args.seed]:
         result, path = run(dataclasses.replace(config, seed=seed), registry)
@@ -195,7 +210,11 @@ def cmd_list(args) -> int:
                   f"needs: {', '.join(sorted(metric.needs)):<22} {metric.description}")
     elif args.what == "tasks":
         for name in sorted(registry.card_paths):
-            card = registry.card(name)
+            try:
+                card = registry.card(name)
+            except UserError as e:
+                log.warning("task '%s' left out: %s", name, e)
+                continue
             print(f"{name:<16} {card.data['modality']:<10} {card.task_type:<22} models: {', '.join(card.models)}")
     else:
         names = [registry.card(args.task).name] if args.task else sorted(registry.card_paths)
@@ -244,24 +263,40 @@ def cmd_data(args) -> int:
 
 def cmd_validate(args) -> int:
     from mubench.api.card import load_card
-    from mubench.results import load_result, validate_result
+    from mubench.api.registry import Registry
+    from mubench.recheck import recheck
 
+    registry = None
     failed = 0
     for path in args.files:
         try:
             if path.suffix in (".yaml", ".yml"):
-                card = load_card(path)
+                card = load_card(path, roots=args.include_path)
                 print(f"{path}: ok (task card '{card.name}')")
             else:
-                validate_result(load_result(path), path)
-                print(f"{path}: ok (result)")
+                registry = registry or Registry(args.include_path)
+                skipped = recheck(path, registry, read_data=not args.no_data, data_dir=args.data_dir)
+                print(f"{path}: ok (result" + (f"; not re-checked: {skipped})" if skipped else ")"))
         except UserError as e:
             print(f"mubench: invalid: {e}", file=sys.stderr)
             failed += 1
-    return 1 if failed else 0
+    return 2 if failed else 0
 
 
-COMMANDS = {"run": cmd_run, "train": cmd_train, "list": cmd_list, "data": cmd_data, "validate": cmd_validate}
+def cmd_verify(args) -> int:
+    from mubench.api.registry import Registry
+    from mubench.recheck import verify
+
+    report = verify(args.result, Registry(args.include_path), args.tolerance, args.device, args.data_dir)
+    print(report.table)
+    if report.mismatched:
+        raise UserError(f"{args.result}: does not verify: {', '.join(report.mismatched)} differ from the re-evaluation "
+                        f"by more than {args.tolerance:g}")
+    print(f"{args.result}: verified ({len(report.compared)} metrics within {args.tolerance:g})")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "train": cmd_train, "list": cmd_list, "data": cmd_data, "validate": cmd_validate, "verify": cmd_verify}
 
 
 def main(argv=None) -> int:

@@ -173,36 +173,46 @@ def load_splits(card: TaskCard, loaders: dict, data_dir: str | Path | None = Non
     return datasets.DatasetDict({role: raw[split] for role, split in names.items() if split in raw})
 
 
-PREPROCESS_FORMAT = 1  # bump when the cache layout changes
+PREPROCESS_FORMAT = 2  # bump when the cache layout changes
 
 
 def preprocessed(task, split, role: str, data_sha256: str, card_name: str):
     """``split`` after ``task.preprocess``, computed once and cached under ``$MUBENCH_HOME/preprocessed``.
 
-    The cache key is the raw data's fingerprint and :meth:`TaskType.preprocess_key`
-    (the processor and its settings), so a second run reads Arrow files instead of
-    decoding or tokenizing again.
+    The cache entry's identity is the raw data's fingerprint and
+    :meth:`TaskType.preprocess_key` (the processor and its settings), so a second run
+    reads Arrow files instead of decoding or tokenizing again. The entry verifies
+    itself; one that fails is rebuilt (preprocessing is deterministic).
     """
     import datasets
 
+    from mubench.cache import CacheEntry
     from mubench.files import mubench_home
 
-    key = json.dumps({"data": data_sha256, "task": task.preprocess_key(), "format": PREPROCESS_FORMAT}, sort_keys=True, default=str)
-    folder = mubench_home() / "preprocessed" / card_name / hashlib.sha256(key.encode()).hexdigest()[:16]
-    path = folder / f"{role}.arrow"
-    if not path.is_file():
-        log.info("preprocessing %s split of %s (%d examples); cached at %s", role, card_name, len(split), folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    bars = not datasets.are_progress_bars_disabled()
-    if not sys.stderr.isatty():  # as mubench's own bars: shown on a terminal only
-        datasets.disable_progress_bars()
-    try:
-        return undecoded(split).map(lambda batch: storable(task.preprocess(batch)), batched=True, batch_size=64,
-                                    remove_columns=split.column_names, cache_file_name=str(path),
-                                    load_from_cache_file=True, desc=f"preprocess {role}")
-    finally:
-        if bars:
-            datasets.enable_progress_bars()
+    identity = {"card": card_name, "role": role, "data": data_sha256, "task": task.preprocess_key(), "format": PREPROCESS_FORMAT}
+    key = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    entry = CacheEntry(mubench_home() / "preprocessed" / card_name / f"{role}-{key}", identity,
+                       f"preprocessed {role} split of {card_name}", "it is rebuilt")
+    file_name = f"{role}.arrow"
+
+    def build(folder: Path) -> dict:
+        log.info("preprocessing %s split of %s (%d examples); cached at %s", role, card_name, len(split), entry.folder)
+        bars = not datasets.are_progress_bars_disabled()
+        if not sys.stderr.isatty():  # as mubench's own bars: shown on a terminal only
+            datasets.disable_progress_bars()
+        try:
+            undecoded(split).map(lambda batch: storable(task.preprocess(batch)), batched=True, batch_size=64,
+                                 remove_columns=split.column_names, cache_file_name=str(folder / file_name),
+                                 load_from_cache_file=False, desc=f"preprocess {role}")
+        finally:
+            if bars:
+                datasets.enable_progress_bars()
+        return {"n_examples": len(split)}
+
+    with entry.locked():
+        if entry.read_or_discard() is None:
+            entry.commit(build)
+    return datasets.Dataset.from_file(str(entry.folder / file_name))
 
 
 def undecoded(split):

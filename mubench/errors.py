@@ -12,3 +12,11 @@ def unknown_name(kind: str, name: str, known) -> UserError:
     close = difflib.get_close_matches(name, known, n=1)
     hint = f" Did you mean '{close[0]}'?" if close else ""
     return UserError(f"unknown {kind} '{name}'.{hint} Known: {', '.join(known) or '(none)'}")
+
+
+def key_path(parts) -> str:
+    """``['deletion', 'ratios', 2]`` -> ``key 'deletion.ratios[2]'``."""
+    text = ""
+    for part in parts:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return f"key '{text}'" if text else "top level"

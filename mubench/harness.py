@@ -13,20 +13,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import safetensors.torch
 import torch
 
 from mubench import __version__
-from mubench.api.card import TaskCard, merge
+from mubench.api.card import TaskCard
 from mubench.api.method import Context
 from mubench.api.registry import Registry
+from mubench.cache import CacheEntry
 from mubench.data import UnlearningData, fingerprint, load_shifted, load_splits, preprocessed
 from mubench.errors import UserError
 from mubench.evaluation import Evaluator, assess, describe, select_metrics
-from mubench.files import ensure_writable, mubench_home, write_json
+from mubench.files import atomic_path, ensure_writable, mubench_home, read_json, sha256_file, write_json
 from mubench.loop import Budget, resolve_device, resolve_precision
 from mubench.lora import LoraSpec, apply_lora
 from mubench.originals import Family, resolve_original
-from mubench.results import SCHEMA_VERSION, environment, finite, load_result, result_filename, validate_result
+from mubench.results import SCHEMA_VERSION, environment, finite, reference_block, result_filename, validate_result
 from mubench.splits import chosen_classes, forget_indices, indices_sha256
 
 log = logging.getLogger("mubench")
@@ -53,6 +55,7 @@ class RunConfig:
     split_seed: int | None = None
     original_seed: int | None = None
     reference: str | None = None
+    save_model: bool = False
 
 
 def seed_everything(seed: int) -> None:
@@ -76,15 +79,10 @@ def parse_time_budget(text: str) -> str | float:
 
 def with_seeds(card: TaskCard, spec: dict, split_seed: int | None, original_seed: int | None) -> TaskCard:
     """The card with another deletion set (``--split-seed``) or another θ₀ trained here (``--original-seed``)."""
-    overrides = {}
-    if split_seed is not None:
-        overrides["deletion"] = {"split_seed": split_seed}
-    if original_seed is not None:
-        if spec["original"] != "train":
-            raise UserError(f"--original-seed trains θ₀ here, but this family's original is '{spec['original']}' "
-                            f"(add --original train)")
-        overrides["train"] = {"seed": original_seed}
-    return TaskCard(card.path, merge(card.data, overrides)) if overrides else card
+    if original_seed is not None and spec["original"] != "train":
+        raise UserError(f"--original-seed trains θ₀ here, but this family's original is '{spec['original']}' "
+                        f"(add --original train)")
+    return card.with_seeds(split_seed, original_seed)
 
 
 class Prepared:
@@ -113,9 +111,10 @@ class Prepared:
         self.shifted = None  # a shifted test set, read by load() where the card enables one
         self.classes = self.test_rows = self.forgotten_rows = None  # class-wise deletion, drawn by load()
         self.registry, self.data_dir = registry, data_dir
+        self.original_given, self.original_seed = original is not None, original_seed
 
-    def load(self) -> None:
-        """Read the data, draw D_f, and preprocess (cached) and encode the splits."""
+    def read(self) -> dict:
+        """Read the data and draw D_f; returns the raw splits."""
         self.task.use_model(self.family.spec.get("params", {}))
         splits = load_splits(self.card, self.registry.dataset_loaders, self.data_dir, self.registry.dataset_adapters)
         self.task.prepare(splits["train"])
@@ -126,6 +125,11 @@ class Prepared:
             self.draw_classes(strata, self.task.strata(splits["test"]))
         else:
             self.forget = forget_indices(self.n_train, strata, self.ratio, self.card.split_seed)
+        return splits
+
+    def load(self) -> None:
+        """Read the data, draw D_f, and preprocess (cached) and encode the splits."""
+        splits = self.read()
         if self.task.preprocesses:
             splits = {"train": preprocessed(self.task, splits["train"], "train", self.data_sha256, self.card.name),
                       "test": preprocessed(self.task, splits["test"], "test", fingerprint(splits["test"]), self.card.name)}
@@ -151,8 +155,20 @@ class Prepared:
         self.ratio = round(len(self.forget) / self.n_train, 4)
 
     def original(self, device, precision, retrain_cache: bool = False):
+        """θ₀ of this task and family (see :func:`mubench.originals.resolve_original`)."""
         evaluator = Evaluator.for_card(self.card, self.task, self.metrics, device, precision)
-        return resolve_original(self.card, self.family, self.train, self.test, self.data_sha256, evaluator, retrain_cache)
+        return resolve_original(self.card, self.family, self.train, self.test, self.data_sha256, evaluator, retrain_cache,
+                                fix=f"rebuild it with `{self.train_command} --force`")
+
+    @property
+    def train_command(self) -> str:
+        """The ``mubench train`` command that builds this θ₀."""
+        words = ["mubench train --task", self.card.name, "--model", self.family.name]
+        if self.original_given:
+            words += ["--original", "train"]
+        if self.original_seed is not None:
+            words += ["--original-seed", str(self.original_seed)]
+        return " ".join(words)
 
     def data(self, device, seed: int = 0) -> UnlearningData:
         """D_f, D_r and D_test of this task, with loaders seeded by ``seed`` (evaluation reads them unshuffled)."""
@@ -236,16 +252,14 @@ def unlearn(plan: Plan, original) -> tuple[Context, object, Budget, dict | None]
     return ctx, method.unlearn(), budget, peft
 
 
-def run(config: RunConfig, registry: Registry | None = None) -> tuple[dict, Path]:
-    """Unlearn and evaluate as ``config`` says; returns the result and the file it was written to.
+def execute(plan: Plan) -> tuple[dict, torch.nn.Module]:
+    """Stages 2–7 of a resolved run: the result (validated, not yet written) and the unlearned model.
 
-    Stages: resolve → prepare data → original model → evaluate the original (which
-    does not depend on the run seed) → unlearn → evaluate → assemble the result.
+    Stages: prepare data → original model → evaluate the original (which does not
+    depend on the run seed) → unlearn → evaluate → assemble the result.
     """
     started = time.perf_counter()
-    plan = resolve(config, registry or Registry(config.include_paths))
     prepared, evaluator = plan.prepared, plan.evaluator
-
     prepared.load()
     t0 = time.perf_counter()
     original = prepared.original(plan.device, plan.precision)
@@ -265,46 +279,66 @@ def run(config: RunConfig, registry: Registry | None = None) -> tuple[dict, Path
     times = {"unlearn_s": report.seconds, "eval_s": eval_s, "original_s": original_s, "total_s": time.perf_counter() - started}
     result = assemble(plan, original, before, after, report, budget, peft, times, n_parameters,
                       sum(p.numel() for p in ctx.model.parameters() if p.requires_grad))
-    cache = reference_path(result, plan)
+    return result, ctx.model
+
+
+def run(config: RunConfig, registry: Registry | None = None) -> tuple[dict, Path]:
+    """Unlearn and evaluate as ``config`` says; returns the result and the file it was written to.
+
+    A ``retrain`` run is also cached as the reference of its cell; ``reference:
+    retrain`` adds the gaps to that reference (retraining first where none is cached).
+    """
+    plan = resolve(config, registry or Registry(config.include_paths))
+    result, model = execute(plan)
     if plan.method_cls.name == "retrain":
-        write_json(cache, result)
+        entry = reference_entry(result, plan)
+        with entry.locked():
+            entry.commit(lambda folder: write_json(folder / REFERENCE, result) or {})
     elif config.reference == "retrain":
-        if not cache.is_file():
-            log.info("reference: retraining on D_r with seed %d", plan.seed)
-            run(dataclasses.replace(config, method="retrain", method_args={}, reference=None), prepared.registry)
-        result["reference"] = reference_block(result, load_result(cache), prepared.task.metric)
-        validate_result(result, "result")
-    path = config.output_path / result_filename(result)
+        retrained = retrained_reference(result, plan)
+        result["reference"] = reference_block(result, retrained, plan.prepared.task.metric)
+    return emit(plan, result, model)
+
+
+def emit(plan: Plan, result: dict, model: torch.nn.Module) -> tuple[dict, Path]:
+    """Write the result (and, with ``save_model``, the unlearned weights beside it, their SHA-256 in the result),
+    validated again with what was added to it."""
+    path = plan.config.output_path / result_filename(result)
+    if plan.config.save_model:
+        weights = path.with_suffix(".safetensors")
+        with atomic_path(weights) as tmp:
+            safetensors.torch.save_model(model, str(tmp))
+        result["model_info"]["unlearned_weights"] = {"file": weights.name, "sha256": sha256_file(weights)}
+    validate_result(result, "result", plan.prepared.registry, plan.prepared.task)
     write_json(path, result)
     return result, path
 
 
-def reference_path(result: dict, plan: Plan) -> Path:
-    """Where the retrained model's result for this cell is cached: keyed by everything its numbers depend on."""
-    key = {"card": result["task_card"]["sha256"], "model": plan.prepared.family.spec, "split": result["split"],
-           "seed": plan.seed, "device": plan.device.type, "precision": plan.precision, "peft": result["config"]["peft"],
-           "time_budget": plan.budget_setting}
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    return mubench_home() / "references" / result["task"] / result["model"] / f"{digest}.json"
+REFERENCE = "result.json"
 
 
-def reference_block(result: dict, retrained: dict, metric: str) -> dict:
-    """The gap of each metric to the retrained model, Deep Unlearn's objective and the efficiency t_retrain / t_method.
+def reference_entry(result: dict, plan: Plan) -> CacheEntry:
+    """The cache entry of the retrained model's result for this cell: keyed by everything its numbers depend on."""
+    identity = {"card": result["task_card"]["sha256"], "model": plan.prepared.family.spec, "split": result["split"],
+                "seed": plan.seed, "device": plan.device.type, "precision": plan.precision, "peft": result["config"]["peft"],
+                "time_budget": plan.budget_setting}
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return CacheEntry(mubench_home() / "references" / result["task"] / result["model"] / digest, identity,
+                      f"cached reference (retrain) of {result['task']}/{result['model']}", "it is recomputed")
 
-    Deep Unlearn's objective is the mean of the gaps in the primary metric on D_r, D_f
-    and D_test, plus 1 − the loss attack's indiscernibility (lower is better).
-    """
-    ours, theirs = result["results"]["unlearned"], retrained["results"]["unlearned"]
-    gap = {key: abs(value - theirs[key]) for key, value in ours.items()
-           if isinstance(value, (int, float)) and isinstance(theirs.get(key), (int, float))}
-    parts = [gap.get(f"{part}_{metric}") for part in ("retain", "forget", "test")]
-    indiscernibility = ours.get("forget_mia_loss_indiscernibility")
-    objective = None
-    if None not in parts and indiscernibility is not None:
-        objective = sum(parts) / 3 + (1 - indiscernibility)
-    seconds = result["times"]["unlearn_s"]
-    return {"method": "retrain", "metrics": theirs, "unlearn_s": retrained["times"]["unlearn_s"], "gap": gap,
-            "deep_unlearn_score": objective, "efficiency": retrained["times"]["unlearn_s"] / seconds if seconds > 0 else None}
+
+def retrained_reference(result: dict, plan: Plan) -> dict:
+    """The retrained model's result for this cell: cached, or retrained now (its result written too) and cached."""
+    entry = reference_entry(result, plan)
+    with entry.locked():
+        if entry.read_or_discard() is None:
+            log.info("reference: retraining on D_r with seed %d", plan.seed)
+            retrain = resolve(dataclasses.replace(plan.config, method="retrain", method_args={}, reference=None, save_model=False),
+                              plan.prepared.registry)
+            retrained, model = execute(retrain)
+            entry.commit(lambda folder: write_json(folder / REFERENCE, retrained) or {})
+            emit(retrain, retrained, model)
+        return read_json(entry.folder / REFERENCE, "cached reference")
 
 
 def assemble(plan: Plan, original, before: dict, after: dict, report, budget: Budget, peft, times: dict,
@@ -339,5 +373,5 @@ def assemble(plan: Plan, original, before: dict, after: dict, report, budget: Bu
         "task_card": {"sha256": card.sha256},
         "environment": environment(plan.device),
     }
-    validate_result(result, "result")
+    validate_result(result, "result", prepared.registry, prepared.task)
     return result

@@ -180,7 +180,7 @@ BUILTIN = [
     Metric("acc", lambda r: mean(r["correct"]), higher_is_better=True, needs={"correct"}, forgotten="chance",
            description="accuracy"),
     Metric("nll", lambda r: mean(r["loss"]), higher_is_better=False, needs={"loss"}, forgotten="retrain",
-           description="mean per-example loss (per-token NLL of the reference for generation)"),
+           description="mean per-example loss (per-token NLL of the reference for generation)", bounds=(0.0, None)),
     *[Metric(kind, _rouge(kind, "fmeasure"), higher_is_better=True, needs={"generation", "reference"}, forgotten="lower",
              description=f"{kind} F1 of the greedy generation, stemmed") for kind in ROUGE_KINDS],
     Metric("rougeL_recall", _rouge("rougeL", "recall"), higher_is_better=True, needs={"generation", "reference"},

@@ -1,7 +1,9 @@
 """The original model θ₀: from the card's checkpoint, the local cache, or trained here.
 
 Checkpoints are safetensors files with a JSON sidecar (``model.json``); nothing is
-ever unpickled.
+ever unpickled. A θ₀ trained here is a verified cache entry (:mod:`mubench.cache`):
+trained once under a lock, committed with its sidecar as one unit, and checked
+against its sidecar's identity and SHA-256 on every load.
 """
 from __future__ import annotations
 
@@ -20,10 +22,11 @@ import torch
 
 from mubench import __version__
 from mubench.api.method import Context, Fit
+from mubench.cache import CacheEntry
 from mubench.data import UnlearningData
 from mubench.errors import UserError
 from mubench.evaluation import Evaluator
-from mubench.files import atomic_path, mubench_home, write_json
+from mubench.files import mubench_home, read_json, sha256_file
 from mubench.results import finite
 
 log = logging.getLogger("mubench")
@@ -66,30 +69,41 @@ class Original:
     source: str
 
 
-def cache_key(card, family: Family, data_sha256: str) -> str:
-    """What makes a trained original unique: family, recipe and training data."""
-    blob = json.dumps({"task": card.name, "model": family.spec, "train": card.data["train"], "data": data_sha256}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+def original_entry(card, family: Family, data_sha256: str, fix: str) -> CacheEntry:
+    """The cache entry of a θ₀ trained here, keyed by everything it depends on.
+
+    Its identity: the task, the model family and its spec, the card's dataset and
+    ``train`` sections, the training data's fingerprint, the original seed and the
+    mubench version; the folder name is a hash of it.
+    """
+    identity = {"task": card.name, "model": family.name, "spec": family.spec, "dataset": card.dataset,
+                "recipe": card.data["train"], "data_sha256": data_sha256,
+                "original_seed": int(card.data["train"].get("seed", 0)), "mubench_version": __version__}
+    key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    return CacheEntry(mubench_home() / "originals" / card.name / family.name / key, identity,
+                      f"cached original model of {card.name}/{family.name}", fix, manifest=SIDECAR)
 
 
-def save_checkpoint(model: torch.nn.Module, folder: Path, sidecar: dict) -> None:
-    """Weights (safetensors) and sidecar, each written atomically; the weights land first."""
-    with atomic_path(folder / WEIGHTS) as tmp:
-        safetensors.torch.save_model(model, str(tmp))
-    write_json(folder / SIDECAR, sidecar)
+def load_checkpoint(model: torch.nn.Module, weights: Path, family: Family, sidecar: dict | None = None) -> dict:
+    """Load ``weights`` into ``model``; returns its sidecar (``sidecar``, else the file beside it, else empty).
 
-
-def load_checkpoint(model: torch.nn.Module, weights: Path, family: Family) -> dict:
-    """Load ``weights`` into ``model``; returns the sidecar beside it (empty if none)."""
+    A sidecar that records the weights' SHA-256 is checked against the file first.
+    """
+    if sidecar is None:
+        path = weights.with_name(SIDECAR)
+        sidecar = read_json(path, "checkpoint sidecar") if path.is_file() else {}
+    recorded = sidecar.get("files", {}).get(weights.name) if isinstance(sidecar.get("files"), dict) else None
+    if recorded is not None and sha256_file(weights) != recorded:
+        raise UserError(f"checkpoint {weights} does not match the SHA-256 in its sidecar {SIDECAR} (edited or corrupted)")
     try:
         missing, unexpected = safetensors.torch.load_model(model, str(weights), strict=False)
     except (OSError, safetensors.SafetensorError, RuntimeError) as e:
-        raise UserError(f"checkpoint {weights} cannot be loaded into model '{family.name}': {str(e).splitlines()[0]}") from None
+        detail = "; ".join(line.strip() for line in str(e).splitlines() if line.strip())
+        raise UserError(f"checkpoint {weights} cannot be loaded into model '{family.name}': {detail}") from None
     if missing or unexpected:
         raise UserError(f"checkpoint {weights} does not fit model '{family.name}': "
                         f"missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}")
-    sidecar = weights.with_name(SIDECAR)
-    return json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+    return sidecar
 
 
 def checkpoint_file(source: str) -> Path:
@@ -137,8 +151,12 @@ def train_original(card, family: Family, train, test, evaluator: Evaluator) -> t
 
 
 def resolve_original(card, family: Family, train, test, data_sha256: str, evaluator: Evaluator,
-                     retrain_cache: bool = False) -> Original:
-    """θ₀ in the order: the card's checkpoint, the local cache, training it here (then cached); on the evaluator's device."""
+                     retrain_cache: bool = False, fix: str = "rebuild it with `mubench train --force`") -> Original:
+    """θ₀ in the order: the card's checkpoint, the local cache, training it here (then cached); on the evaluator's device.
+
+    A cached θ₀ is verified (identity and weights hash) before use; ``fix`` is what the
+    error says to do when it fails. ``retrain_cache`` trains and replaces it regardless.
+    """
     device = evaluator.device
     source = family.spec["original"]
     if source != "train":
@@ -148,29 +166,31 @@ def resolve_original(card, family: Family, train, test, data_sha256: str, evalua
         model = family.build()
         sidecar = load_checkpoint(model, checkpoint_file(source), family)
         return Original(model.to(device), sidecar, source)
-    model = family.build()
-    folder = mubench_home() / "originals" / card.name / family.name / cache_key(card, family, data_sha256)
-    if (folder / WEIGHTS).is_file() and (folder / SIDECAR).is_file() and not retrain_cache:
-        log.info("original model: cached at %s", folder)
-        sidecar = load_checkpoint(model, folder / WEIGHTS, family)
-        return Original(model.to(device), sidecar, str(folder))
-    log.info("original model: training %s on %s (%d examples)", family.name, card.name, len(train))
-    start = time.perf_counter()
-    model, stats = train_original(card, family, train, test, evaluator)
-    sidecar = {
-        "format": "mubench-checkpoint/1",
-        "task": card.name,
-        "model": family.name,
-        "architecture": family.spec["architecture"],
-        "params": family.spec.get("params", {}),
-        "data_sha256": data_sha256,
-        "recipe": card.data["train"],
-        "n_train": len(train),
-        "device": device.type,
-        "mubench_version": __version__,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        **stats,
-    }
-    save_checkpoint(model, folder, sidecar)
-    log.info("original model: trained in %.1fs, cached at %s", time.perf_counter() - start, folder)
-    return Original(model, sidecar, str(folder))
+    entry = original_entry(card, family, data_sha256, fix)
+    with entry.locked():
+        sidecar = None if retrain_cache else entry.read()
+        if sidecar is not None:
+            log.info("original model: cached at %s", entry.folder)
+            model = family.build()
+            load_checkpoint(model, entry.folder / WEIGHTS, family, sidecar)
+            return Original(model.to(device), sidecar, str(entry.folder))
+        log.info("original model: training %s on %s (%d examples)", family.name, card.name, len(train))
+        start = time.perf_counter()
+        model, stats = train_original(card, family, train, test, evaluator)
+        description = {
+            "task": card.name,
+            "model": family.name,
+            "architecture": family.spec["architecture"],
+            "params": family.spec.get("params", {}),
+            "card_sha256": card.sha256,
+            "data_sha256": data_sha256,
+            "recipe": card.data["train"],
+            "n_train": len(train),
+            "device": device.type,
+            "mubench_version": __version__,
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            **stats,
+        }
+        sidecar = entry.commit(lambda folder: safetensors.torch.save_model(model, str(folder / WEIGHTS)) or description)
+    log.info("original model: trained in %.1fs, cached at %s", time.perf_counter() - start, entry.folder)
+    return Original(model, sidecar, str(entry.folder))

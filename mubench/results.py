@@ -1,7 +1,7 @@
 """The result JSON: the leaderboard's unit. Assembly helpers, validation, the summary table."""
 from __future__ import annotations
 
-import json
+import datetime
 import math
 import platform
 import subprocess
@@ -12,7 +12,9 @@ import torch
 
 from mubench import __version__
 from mubench.api.card import schema_errors
-from mubench.errors import UserError
+from mubench.errors import UserError, key_path
+from mubench.evaluation import overall_score
+from mubench.files import first_problem, read_json
 
 SCHEMA_VERSION = 2
 PACKAGES = ("torch", "transformers", "datasets", "numpy", "scikit-learn", "safetensors")
@@ -62,27 +64,140 @@ def finite(metrics: dict) -> dict:
 
 
 def load_result(path: Path) -> dict:
-    try:
-        return json.loads(Path(path).read_text())
-    except OSError as e:
-        raise UserError(f"{path}: cannot read: {e.strerror}") from None
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}: not valid JSON (line {e.lineno}): {e.msg}") from None
+    """A result file, read defensively (size, nesting, encoding and non-finite numbers checked before anything else)."""
+    return read_json(path, "result")
 
 
-def validate_result(result: dict, source) -> None:
-    """Check a result against the shipped JSON Schema and its own consistency."""
+CLOSE = 1e-9  # recomputed numbers match what a result says to this (absolute)
+
+
+def validate_result(result: dict, source, registry, task=None) -> None:
+    """Check that a result means what it says; the first failed check is a one-line :class:`UserError` naming its key.
+
+    Shape (the shipped JSON Schema), then meaning: every number finite; the date a
+    date in the past; times adding up; the split's counts; the card hash, model and
+    split seed of the task's card in ``registry``; each metric known to this mubench,
+    described as it is and inside its bounds; the unlearning budget the card gives;
+    the 'original' baseline unchanged; the overall score and the gaps to the reference
+    recomputed. ``task``, a task type prepared on the task's data, also lets an
+    accuracy task's overall score be recomputed (it needs the number of classes).
+    """
+    def fail(key: tuple, problem: str):
+        raise UserError(f"{source}: {key_path(key)}: {problem}")
+
+    problem = first_problem(result)
+    if problem:
+        fail(*problem)
     schema_errors(result, "result", source)
-    split = result["split"]
+    try:
+        date = datetime.datetime.fromisoformat(result["date"])
+    except ValueError:
+        fail(("date",), f"{result['date']!r} is not an ISO 8601 date and time")
+    if date.tzinfo is None or date > datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=1):
+        fail(("date",), f"{result['date']} has no time zone or lies in the future")
+    times = result["times"]
+    if times["unlearn_s"] + times["eval_s"] + times["original_s"] > times["total_s"] + 1e-3:
+        fail(("times", "total_s"), "is less than unlearn_s + eval_s + original_s")
+    split, config = result["split"], result["config"]
     if split["n_forget"] + split["n_retain"] != split["n_train"]:
-        raise UserError(f"{source}: key 'split': n_forget + n_retain must equal n_train")
-    if result["method"] == "original" and result["results"]["original"] != result["results"]["unlearned"]:
-        raise UserError(f"{source}: key 'results': the 'original' method must leave the model's metrics unchanged")
+        fail(("split",), "n_forget + n_retain must equal n_train")
+    if config.get("split_seed", split["split_seed"]) != split["split_seed"]:
+        fail(("config", "split_seed"), "differs from split.split_seed")
+
+    try:
+        card = registry.card(result["task"]).with_seeds(config.get("split_seed"), config.get("original_seed"))
+    except UserError as e:
+        fail(("task",), str(e))
+    try:
+        method = registry.method(result["method"])
+    except UserError as e:
+        fail(("method",), str(e))
+    if result["task_card"]["sha256"] != card.sha256:
+        fail(("task_card", "sha256"), f"is not the hash of task '{card.name}''s card {card.path} (made with another version of it?)")
+    if result["model"] not in card.models:
+        fail(("model",), f"'{result['model']}' is not a model of task '{card.name}' ({', '.join(card.models)})")
+    if result["model_info"]["architecture"] != card.models[result["model"]]["architecture"]:
+        fail(("model_info", "architecture"), f"is not the architecture of model '{result['model']}' in the card")
+    if config["protocol"] != card.data.get("protocol", "mubench"):
+        fail(("config", "protocol"), "is not the card's protocol")
+
     described = result["metrics"]
+    if set(described) != set(card.data["metrics"]):
+        fail(("metrics",), f"describes {', '.join(sorted(described))}; the card's metrics are {', '.join(card.data['metrics'])}")
+    for name, description in described.items():
+        metric = registry.metrics.get(name)
+        if metric is None:
+            fail(("metrics", name), f"metric '{name}' is not known to this mubench (is its plugin installed?)")
+        if description != metric.describe():
+            fail(("metrics", name), "differs from the metric's own description")
     for block, values in result["results"].items():
-        for key in values:
-            if key != "overall_score" and key.split("_", 1)[1] not in described:
-                raise UserError(f"{source}: key 'results.{block}.{key}': metric '{key.split('_', 1)[1]}' is not described in 'metrics'")
+        for key, value in values.items():
+            if key == "overall_score":
+                continue
+            part, name = key.split("_", 1)
+            metric = registry.metrics.get(name)
+            if name not in described:
+                fail(("results", block, key), f"metric '{name}' is not described in 'metrics'")
+            if metric.scope == "forget" and part != "forget":
+                fail(("results", block, key), f"'{name}' is an attack on D_f: only forget_{name} exists")
+            low, high = metric.bounds
+            if value is not None and not (low <= value and (high is None or value <= high)):
+                fail(("results", block, key), f"{value} lies outside {name}'s range [{low}, {'inf' if high is None else high}]")
+    if result["method"] == "original" and result["results"]["original"] != result["results"]["unlearned"]:
+        fail(("results",), "the 'original' method must leave the model's metrics unchanged")
+
+    budget = result["unlearning"]["budget_examples"]
+    if config["time_budget"] == "retrain":
+        expected = int(card.data["train"].get("epochs", 1)) * split["n_retain"] if method.time_limited else None
+        if budget != expected:
+            fail(("unlearning", "budget_examples"), f"is {budget}; the card's retraining budget is {expected}")
+    kind = task or registry.task_type(card)
+    if task is not None or kind.overall == "generation":  # an accuracy score needs the task's chance level: its data
+        check_overall(result, kind, fail)
+    if "reference" in result:
+        check_reference(result, kind.metric, fail)
+
+
+def check_overall(result: dict, task, fail) -> None:
+    """The overall score of each block, recomputed from the block's metrics."""
+    blocks = {name: {k: math.nan if v is None else v for k, v in block.items()} for name, block in result["results"].items()}
+    for name, block in blocks.items():
+        expected = overall_score(task, block, blocks["original"])
+        if not math.isclose(block["overall_score"], expected, abs_tol=CLOSE):
+            fail(("results", name, "overall_score"), f"is {block['overall_score']}; its metrics give {expected}")
+
+
+def check_reference(result: dict, metric: str, fail) -> None:
+    """The gaps to the retrained model, Deep Unlearn's score and the efficiency, recomputed from the numbers they come from."""
+    reference = result["reference"]
+    retrained = {"results": {"unlearned": reference["metrics"]}, "times": {"unlearn_s": reference["unlearn_s"]}}
+    expected = reference_block(result, retrained, metric)
+    for key in ("gap", "deep_unlearn_score", "efficiency"):
+        ours, theirs = reference[key], expected[key]
+        same = ours == theirs if not isinstance(ours, float) else isinstance(theirs, float) and math.isclose(ours, theirs, abs_tol=CLOSE)
+        if key == "gap":
+            same = set(ours) == set(theirs) and all(math.isclose(ours[k], theirs[k], abs_tol=CLOSE) for k in ours)
+        if not same:
+            fail(("reference", key), "does not follow from the reference's metrics and the result's own")
+
+
+def reference_block(result: dict, retrained: dict, metric: str) -> dict:
+    """The gap of each metric to the retrained model, Deep Unlearn's objective and the efficiency t_retrain / t_method.
+
+    Deep Unlearn's objective is the mean of the gaps in the primary metric on D_r, D_f
+    and D_test, plus 1 − the loss attack's indiscernibility (lower is better).
+    """
+    ours, theirs = result["results"]["unlearned"], retrained["results"]["unlearned"]
+    gap = {key: abs(value - theirs[key]) for key, value in ours.items()
+           if isinstance(value, (int, float)) and isinstance(theirs.get(key), (int, float))}
+    parts = [gap.get(f"{part}_{metric}") for part in ("retain", "forget", "test")]
+    indiscernibility = ours.get("forget_mia_loss_indiscernibility")
+    objective = None
+    if None not in parts and indiscernibility is not None:
+        objective = sum(parts) / 3 + (1 - indiscernibility)
+    seconds = result["times"]["unlearn_s"]
+    return {"method": "retrain", "metrics": theirs, "unlearn_s": retrained["times"]["unlearn_s"], "gap": gap,
+            "deep_unlearn_score": objective, "efficiency": retrained["times"]["unlearn_s"] / seconds if seconds > 0 else None}
 
 
 def direction(result: dict, key: str) -> str:

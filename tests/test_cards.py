@@ -78,3 +78,51 @@ def test_include_cycle_and_missing_base(tmp_path):
     write(tmp_path, "b.yaml", {"include": "a.yaml"})
     assert "include cycle" in error_of(tmp_path / "a.yaml")
     assert "no such file" in error_of(write(tmp_path, "c.yaml", {"include": "missing.yaml", "task": "c"}))
+
+
+def alias_bomb(levels: int) -> str:
+    """A card whose nested aliases expand to 9**levels strings (1.7 KB at 8 levels)."""
+    lines = ["task: bomb", 'l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for level in range(1, levels + 1):
+        lines.append(f"l{level}: &l{level} [" + ", ".join([f"*l{level - 1}"] * 9) + "]")
+    return "\n".join(lines) + "\n"
+
+
+def test_anchors_and_aliases_are_refused_before_they_expand(tmp_path):
+    message = error_of(write(tmp_path, "bomb.yaml", alias_bomb(8)))
+    assert "anchors and aliases (& and *) are not allowed in a task card" in message and "line 2" in message
+    single = digits_card()
+    text = yaml.safe_dump(single).replace("seed: 0", "seed: &s 0", 1)
+    assert "anchors and aliases" in error_of(write(tmp_path, "anchor.yaml", text))
+
+
+def test_an_alias_bomb_in_an_include_path_leaves_the_other_tasks_working(tmp_path, cli):
+    write(tmp_path, "bomb.yaml", alias_bomb(8))
+    listed = cli("list", "tasks", "--include-path", tmp_path, timeout=120)
+    assert listed.returncode == 0 and "digits " in listed.stdout and "bomb" not in listed.stdout
+    [warning] = listed.stderr.strip().splitlines()
+    assert "task card left out" in warning and "bomb.yaml" in warning and "anchors and aliases" in warning
+    checked = cli("validate", tmp_path / "bomb.yaml", timeout=120)
+    assert checked.returncode == 2 and len(checked.stderr.strip().splitlines()) == 1 and "anchors and aliases" in checked.stderr
+
+
+def test_oversized_and_non_utf8_cards(tmp_path):
+    assert "larger than 1048576 bytes" in error_of(write(tmp_path, "big.yaml", "task: big\n# " + "x" * 2**20 + "\n"))
+    (tmp_path / "latin.yaml").write_bytes(b"task: caf\xe9\n")
+    assert "not UTF-8 text" in error_of(tmp_path / "latin.yaml")
+
+
+def test_includes_stay_inside_the_cards_folder_or_an_include_path(tmp_path):
+    cards, shared = tmp_path / "cards", tmp_path / "shared"
+    cards.mkdir(), shared.mkdir()
+    write(shared, "base.yaml", {k: v for k, v in digits_card().items() if k != "task"})
+    escaping = write(cards, "up.yaml", {"include": "../shared/base.yaml", "task": "up"})
+    absolute = write(cards, "abs.yaml", {"include": str(shared / "base.yaml"), "task": "abs"})
+    system = write(cards, "sys.yaml", {"include": "/etc/passwd", "task": "sys"})
+    for path, given in ((escaping, "../shared/base.yaml"), (absolute, str(shared / "base.yaml")), (system, "/etc/passwd")):
+        message = error_of(path)
+        assert f"key 'include': {given} lies outside the card's folder and every --include-path" in message
+    assert load_card(escaping, roots=[shared]).name == "up"  # under a folder the user named
+    assert load_card(absolute, roots=[shared]).name == "abs"
+    write(cards, "base.yaml", {k: v for k, v in digits_card().items() if k != "task"})
+    assert load_card(write(cards, "side.yaml", {"include": "./base.yaml", "task": "side"})).name == "side"

@@ -35,7 +35,7 @@ def test_a_third_party_metric_is_selected_by_the_card_and_described_in_the_resul
     folder = card_with(tmp_path, ["acc", "brier", "mia_efficacy"])
     registry = Registry(include_paths=[folder], plugins=[BrierPlugin()])
     result, path = run(RunConfig(task="digits_metrics", method="neggrad", output_path=tmp_path / "out"), registry)
-    validate_result(result, path)
+    validate_result(result, path, registry)
     unlearned = result["results"]["unlearned"]
     assert {"test_brier", "forget_brier", "retain_brier", "forget_mia_efficacy"} <= set(unlearned)
     assert "forget_mia_loss_acc" not in unlearned  # only what the card lists runs

@@ -62,9 +62,9 @@ def run_generation(generation_registry, task_data, tmp_path_factory):
 
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("task", TASKS)
-def test_every_method_runs_on_both_generative_tasks(run_generation, task, method):
+def test_every_method_runs_on_both_generative_tasks(run_generation, generation_registry, task, method):
     result, path = run_generation(task, method)
-    validate_result(result, path)
+    validate_result(result, path, generation_registry)
     metric = PRIMARY[task]
     assert result["metrics"][metric] == {"higher_is_better": True, "scope": "split", "forgotten": "lower",
                                          "needs": ["generation", "reference"]}
@@ -109,6 +109,7 @@ def test_biofact_records_scores_before_and_after_fine_tuning(run_generation, gen
 
 def test_cli_runs_the_real_cards_offline(task_data, cli, tmp_path):
     """`mubench run --task samsum|biofact --data-dir FIXTURE`: the shipped cards, end to end, valid results with ROUGE and attacks."""
+    from mubench.api.registry import Registry
     from mubench.results import load_result
 
     for task, metric in PRIMARY.items():
@@ -117,7 +118,7 @@ def test_cli_runs_the_real_cards_offline(task_data, cli, tmp_path):
         assert done.returncode == 0, done.stderr
         path = next(tmp_path.glob(f"{task}__*.json"))
         result = load_result(path)
-        validate_result(result, path)
+        validate_result(result, path, Registry())
         assert f"forget_{metric}" in result["results"]["unlearned"] and "forget_mia_loss_acc" in result["results"]["unlearned"]
 
 
@@ -135,8 +136,9 @@ def test_a_shifted_test_set_is_evaluated_beside_d_test(tiny_cards, task_data, tm
     (tmp_path / "cards" / "samsum_xsum.yaml").write_text(yaml.safe_dump(card))
     config = RunConfig(task="samsum_xsum", method="neggrad", model="t5-small", deletion_ratio=0.1, data_dir=task_data("samsum"),
                        output_path=tmp_path / "out", precision="fp32")
-    result, path = run(config, Registry(include_paths=[tiny_cards, tmp_path / "cards"]))
-    validate_result(result, path)
+    registry = Registry(include_paths=[tiny_cards, tmp_path / "cards"])
+    result, path = run(config, registry)
+    validate_result(result, path, registry)
     assert result["split"]["n_shifted"] == 10
     for block in result["results"].values():
         assert {"shifted_rougeL", "shifted_nll", "test_rougeL"} <= set(block)

@@ -11,9 +11,9 @@ FORGETTING = ["neggrad", "randlabel", "badt", "scrub", "salun"]
 
 
 @pytest.mark.parametrize("method", FORGETTING)
-def test_forgetting_methods_lower_forget_accuracy(run_digits, method):
+def test_forgetting_methods_lower_forget_accuracy(run_digits, method, registry):
     result, path = run_digits(method)
-    validate_result(result, path)
+    validate_result(result, path, registry)
     before, after = result["results"]["original"], result["results"]["unlearned"]
     assert after["forget_acc"] <= before["forget_acc"] - 0.03, (before["forget_acc"], after["forget_acc"])
     assert after["test_acc"] >= before["test_acc"] - 0.05
@@ -29,24 +29,24 @@ def test_salun_is_the_main_job_and_forgets_clearly(run_digits):
     assert after["overall_score"] > before["overall_score"]
 
 
-def test_original_leaves_the_model_alone(run_digits):
+def test_original_leaves_the_model_alone(run_digits, registry):
     result, path = run_digits("original")
-    validate_result(result, path)
+    validate_result(result, path, registry)
     assert result["results"]["original"] == result["results"]["unlearned"]
     assert result["unlearning"]["steps"] == 0 and result["config"]["method_args"] == {}
 
 
-def test_retrain_trains_from_scratch_without_a_budget(run_digits):
+def test_retrain_trains_from_scratch_without_a_budget(run_digits, registry):
     result, path = run_digits("retrain")
-    validate_result(result, path)
+    validate_result(result, path, registry)
     assert result["config"]["method_args"]["epochs"] == 30  # the card's train recipe
     assert result["unlearning"]["budget_s"] is None and result["unlearning"]["budget_examples"] is None
     assert result["results"]["unlearned"]["test_acc"] >= result["results"]["original"]["test_acc"] - 0.03
 
 
-def test_finetune_runs_on_retain_only(run_digits):
+def test_finetune_runs_on_retain_only(run_digits, registry):
     result, path = run_digits("finetune")
-    validate_result(result, path)
+    validate_result(result, path, registry)
     assert result["results"]["unlearned"]["retain_acc"] >= 0.95
 
 

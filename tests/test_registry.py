@@ -159,7 +159,7 @@ def test_third_party_task_runs_with_a_builtin_method(demo_plugin, cli, tmp_path)
     assert done.returncode == 0, done.stderr
     [path] = tmp_path.glob("wine__mlp__salun__*.json")
     result = load_result(path)
-    validate_result(result, path)
+    validate_result(result, path, Registry())
     assert result["split"]["n_forget"] == round(0.1 * result["split"]["n_train"])
 
 
@@ -183,7 +183,7 @@ def test_include_path_adds_cards(tmp_path, cli):
     assert json.loads(next((tmp_path / "out").glob("*.json")).read_text())["task"] == "digits_quick"
 
 
-def test_a_name_given_by_two_plugins_is_an_error():
+def test_a_name_given_by_two_plugins_is_refused_where_it_is_used(caplog):
     class Impostor(Method):
         name = "salun"
 
@@ -192,8 +192,93 @@ def test_a_name_given_by_two_plugins_is_an_error():
         def mubench_methods(self):
             return [Impostor]
 
-    with pytest.raises(UserError, match="'salun' .* is given by two plugins: methods and"):
-        Registry(plugins=[Plugin()]).methods
+    registry = Registry(plugins=[Plugin()])
+    with pytest.raises(UserError, match=r"method 'salun' is given twice \(methods and .*\); remove one of them"):
+        registry.method("salun")
+    assert registry.method("neggrad").name == "neggrad"  # every other method still works
+    assert "method 'salun' is given by two plugins" in caplog.text
+
+
+def fake_plugin(root: Path, name: str, source: str) -> Path:
+    """A plugin package on a folder for PYTHONPATH: its module and a dist-info with the entry point."""
+    site = root / f"site-{name}"
+    (site / f"{name}-0.0.1.dist-info").mkdir(parents=True)
+    (site / f"{name}.py").write_text(textwrap.dedent(source))
+    (site / f"{name}-0.0.1.dist-info" / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.0.1\n")
+    (site / f"{name}-0.0.1.dist-info" / "entry_points.txt").write_text(f"[mubench]\n{name} = {name}\n")
+    return site
+
+
+PLUGINS = {
+    "fails_to_import": """
+        raise ImportError("no module named 'missing_dependency'")
+    """,
+    "raises_in_hook": """
+        from mubench.api import hookimpl
+
+        @hookimpl
+        def mubench_methods():
+            raise RuntimeError("the hook broke")
+    """,
+    "badly_named": """
+        from mubench.api import Method, hookimpl
+
+        class Slashed(Method):
+            name = "no/slash"
+
+        @hookimpl
+        def mubench_methods():
+            return [Slashed, "not a class"]
+    """,
+    "clashing": """
+        from mubench.api import Method, hookimpl
+
+        class Impostor(Method):
+            name = "neggrad"
+
+        @hookimpl
+        def mubench_methods():
+            return [Impostor]
+    """,
+}
+WARNINGS = {
+    "fails_to_import": "plugin 'fails_to_import' (package fails_to_import) failed to load and is left out: ImportError: "
+                       "no module named 'missing_dependency'",
+    "raises_in_hook": "plugin 'raises_in_hook': hook mubench_methods raised RuntimeError: the hook broke; its answer is left out",
+    "badly_named": "plugin 'badly_named': method 'no/slash' is left out: a name is letters, digits",
+    "clashing": "method 'neggrad' is given by two plugins (methods and clashing); neither is used",
+}
+
+
+def test_a_broken_plugin_is_named_in_one_line_and_left_out(tmp_path, cli):
+    path = ":".join(str(fake_plugin(tmp_path, name, source)) for name, source in PLUGINS.items())
+    done = cli("list", "methods", env={"PYTHONPATH": path}, timeout=300)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert "salun " in done.stdout and "neggrad" not in done.stdout and "no/slash" not in done.stdout
+    lines = done.stderr.strip().splitlines()
+    for name, warning in WARNINGS.items():
+        assert sum(warning in line for line in lines) == 1, (name, done.stderr)
+    assert sum("left out" in line for line in lines) == 4  # the badly named plugin's two items, the import, the hook
+    ran = cli("run", "--task", "digits", "--method", "original", "--output-path", tmp_path / "out", env={"PYTHONPATH": path})
+    assert ran.returncode == 0 and list((tmp_path / "out").glob("digits__cnn__original__*.json")), ran.stderr
+    clash = cli("run", "--task", "digits", "--method", "neggrad", "--output-path", tmp_path / "out2", env={"PYTHONPATH": path})
+    assert clash.returncode == 2 and "Traceback" not in clash.stderr
+    assert clash.stderr.strip().splitlines()[-1] == (
+        "mubench: error: method 'neggrad' is given twice (methods and clashing); remove one of them")
+    assert not (tmp_path / "out2").exists() or not list((tmp_path / "out2").iterdir())
+
+
+def test_a_broken_or_clashing_card_disables_that_card_only(tmp_path, cli):
+    (tmp_path / "broken.yaml").write_text("task: broken\nmodels: [unclosed\n")
+    (tmp_path / "digits.yaml").write_text((REPO / "tasks" / "digits" / "digits.yaml").read_text())
+    listed = cli("list", "tasks", "--include-path", tmp_path, timeout=300)
+    assert listed.returncode == 0 and "digits_classes" in listed.stdout and "imdb" in listed.stdout
+    assert not any(line.startswith("digits ") for line in listed.stdout.splitlines())
+    warnings = listed.stderr.strip().splitlines()
+    assert len(warnings) == 2 and "broken.yaml: not valid YAML" in warnings[0] + warnings[1]
+    assert any("task 'digits' is defined twice" in w for w in warnings)
+    used = cli("run", "--task", "digits", "--method", "original", "--include-path", tmp_path, "--output-path", tmp_path / "out")
+    assert used.returncode == 2 and used.stderr.strip().splitlines()[-1].startswith("mubench: error: task 'digits' is given twice (")
 
 
 def test_installed_layout_keeps_everything_inside_the_mubench_namespace(tmp_path):

@@ -32,14 +32,14 @@ def test_one_seed_gives_identical_results_under_a_parallel_cpu_load(run_digits, 
     assert loaded["unlearning"]["steps"] == quiet["unlearning"]["steps"]
 
 
-def test_split_and_original_seeds_change_d_f_and_theta_0(run_digits, cli, tmp_path):
+def test_split_and_original_seeds_change_d_f_and_theta_0(run_digits, registry, cli, tmp_path):
     base, _ = run_digits("neggrad")
     done = cli("run", "--task", "digits", "--method", "neggrad", "--split-seed", "1", "--original-seed", "1",
                "--output-path", tmp_path)
     assert done.returncode == 0, done.stderr
     path = tmp_path / "digits__cnn__neggrad__df5__seed42__split1__orig1.json"
     other = load_result(path)
-    validate_result(other, path)
+    validate_result(other, path, registry)
     assert other["config"]["split_seed"] == 1 and other["config"]["original_seed"] == 1
     assert other["split"]["split_seed"] == 1 and other["split"]["forget_sha256"] != base["split"]["forget_sha256"]
     assert other["split"]["n_forget"] == base["split"]["n_forget"]  # same ratio, other samples
@@ -94,10 +94,10 @@ def test_results_record_the_protocol_and_the_sources(run_digits):
     assert config["protocol"] == "mubench" and set(config["method_args_sources"]) == set(config["method_args"])
 
 
-def test_the_retrained_reference_gives_each_metric_s_gap(run_digits):
+def test_the_retrained_reference_gives_each_metric_s_gap(run_digits, registry):
     retrained, _ = run_digits("retrain")
     result, path = run_digits("neggrad", reference="retrain")
-    validate_result(result, path)
+    validate_result(result, path, registry)
     reference, ours, theirs = result["reference"], result["results"]["unlearned"], retrained["results"]["unlearned"]
     assert reference["metrics"] == theirs  # the retrained model of the same D_f, θ₀ and seed
     assert reference["gap"]["forget_acc"] == pytest.approx(abs(ours["forget_acc"] - theirs["forget_acc"]))

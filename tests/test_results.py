@@ -1,11 +1,16 @@
 """The result JSON: its shipped schema catches malformed results; files are written atomically."""
 import copy
+import functools
+import json
+import re
 from pathlib import Path
 
 import pytest
 
+from mubench import files
 from mubench.errors import UserError
 from mubench.files import write_json
+from mubench.recheck import recheck
 from mubench.results import load_result, validate_result
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,18 +31,119 @@ def result(run_digits):
     (lambda r: r["metrics"]["acc"].update(forgotten="gone"), "key 'metrics.acc.forgotten'"),
     (lambda r: r["config"].update(device="tpu"), "key 'config.device'"),
     (lambda r: r.update(method="original"), "'original' method must leave the model's metrics unchanged"),
+    # meaning, not only shape
+    (lambda r: r["results"]["unlearned"].update(forget_acc=1.7),
+     "key 'results.unlearned.forget_acc': 1.7 lies outside acc's range [0.0, 1.0]"),
+    (lambda r: r["results"]["original"].update(test_acc=-0.5), "key 'results.original.test_acc': -0.5 lies outside"),
+    (lambda r: r["results"]["unlearned"].update(test_acc=float("nan")), "key 'results.unlearned.test_acc': nan is not a finite number"),
+    (lambda r: r["results"]["unlearned"].update(overall_score=float("nan")), "key 'results.unlearned.overall_score': nan is not"),
+    (lambda r: r["times"].update(unlearn_s=float("inf")), "key 'times.unlearn_s': inf is not a finite number"),
+    (lambda r: r["times"].update(total_s=r["times"]["unlearn_s"] / 2), "key 'times.total_s': is less than"),
+    (lambda r: r.update(date="not-a-date"), "key 'date': 'not-a-date' is not an ISO 8601 date"),
+    (lambda r: r.update(date="2999-01-01T00:00:00+00:00"), "key 'date': 2999-01-01T00:00:00+00:00 has no time zone or lies in the future"),
+    (lambda r: r.update(date="2026-01-01T00:00:00"), "key 'date': 2026-01-01T00:00:00 has no time zone"),
+    (lambda r: r["results"]["unlearned"].update(overall_score=0.99), "key 'results.unlearned.overall_score': is 0.99; its metrics give"),
+    (lambda r: r["task_card"].update(sha256="0" * 64), "key 'task_card.sha256': is not the hash of task 'digits''s card"),
+    (lambda r: r["metrics"]["acc"].update(higher_is_better=False), "key 'metrics.acc': differs from the metric's own description"),
+    (lambda r: r["metrics"].pop("mia_efficacy"), "key 'metrics': describes acc,"),
+    (lambda r: r["unlearning"].update(budget_examples=10**9), "key 'unlearning.budget_examples': is 1000000000; the card's"),
+    (lambda r: r.update(model="resnet"), "key 'model': 'resnet' is not a model of task 'digits'"),
+    (lambda r: r.update(task="digits_nowhere"), "key 'task': unknown task 'digits_nowhere'"),
+    (lambda r: r["config"].update(split_seed=3), "key 'config.split_seed': differs from split.split_seed"),
+    (lambda r: r["results"]["unlearned"].update(test_mia_efficacy=0.5), "'mia_efficacy' is an attack on D_f"),
 ])
-def test_schema_rejects_malformed_results(result, mutate, fragment):
+def test_validation_refuses_results_that_do_not_mean_what_they_say(result, registry, mutate, fragment):
     bad = copy.deepcopy(result)
     mutate(bad)
     with pytest.raises(UserError) as info:
-        validate_result(bad, "submission.json")
+        validate_result(bad, "submission.json", registry, digits_task(registry))
     assert fragment in str(info.value) and str(info.value).startswith("submission.json: ")
 
 
-def test_a_result_survives_a_json_round_trip(result, tmp_path):
+@functools.cache
+def digits_task(registry):
+    """The digits task type prepared on its data (it knows its classes, so its overall score can be recomputed)."""
+    from mubench.harness import Prepared
+
+    prepared = Prepared(registry, "digits", None, 0.05)
+    prepared.read()
+    return prepared.task
+
+
+@pytest.mark.parametrize("mutate, fragment", [
+    (lambda r: r["split"].update(forget_sha256="f" * 64), "key 'split.forget_sha256': differs from the deletion set this mubench draws"),
+    (lambda r: r["split"].update(n_forget=r["split"]["n_forget"] + 1, n_retain=r["split"]["n_retain"] - 1),
+     "key 'split.n_forget': differs from the deletion set"),
+    (lambda r: r["split"].update(data_sha256="e" * 64), "key 'split.data_sha256': differs from the training data"),
+    (lambda r: r["config"].update(deletion_ratio=0.1), "key 'split.n_forget': differs from the deletion set"),
+])
+def test_validation_redraws_the_deletion_set(result, registry, tmp_path, mutate, fragment):
+    bad = copy.deepcopy(result)
+    mutate(bad)
+    write_json(tmp_path / "r.json", bad)
+    with pytest.raises(UserError, match=re.escape(fragment)):
+        recheck(tmp_path / "r.json", registry)
+    write_json(tmp_path / "good.json", result)
+    assert recheck(tmp_path / "good.json", registry) == ""
+    assert "deletion set" in recheck(tmp_path / "good.json", registry, read_data=False)
+
+
+def test_validation_recomputes_the_reference_gaps(run_digits, registry):
+    result, _ = run_digits("neggrad", reference="retrain")
+    validate_result(result, "r.json", registry, digits_task(registry))
+    for key, value in (("deep_unlearn_score", 0.0), ("efficiency", 1e6)):
+        bad = copy.deepcopy(result)
+        bad["reference"][key] = value
+        with pytest.raises(UserError, match=f"key 'reference.{key}': does not follow"):
+            validate_result(bad, "r.json", registry, digits_task(registry))
+    bad = copy.deepcopy(result)
+    bad["reference"]["gap"]["forget_acc"] += 0.25
+    with pytest.raises(UserError, match="key 'reference.gap'"):
+        validate_result(bad, "r.json", registry)
+
+
+@pytest.mark.parametrize("content, fragment", [
+    (b'{"task": "digits", "score": 0.5\xff}', "not UTF-8 text (byte"),
+    (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+    (b'{"a": ' + b"[" * 40 + b"]" * 40 + b"}", "key 'a[0][0]"),
+    (b'{"results": {"x": NaN}}', "key 'results.x': nan is not a finite number"),
+    (b'{"times": {"x": -Infinity}}', "key 'times.x': -inf is not a finite number"),
+    (b"[1, 2]", "expected a JSON object for a result, got list"),
+    (b'{"a": 1', "not valid JSON (line 1)"),
+])
+def test_result_files_are_read_defensively(tmp_path, content, fragment):
+    path = tmp_path / "r.json"
+    path.write_bytes(content)
+    with pytest.raises(UserError) as info:
+        load_result(path)
+    assert fragment in str(info.value) and str(info.value).startswith(f"{path}: ")
+
+
+def test_an_oversized_result_is_refused_before_it_is_parsed(tmp_path, monkeypatch):
+    monkeypatch.setattr(files, "MAX_JSON_BYTES", 100)
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"padding": "x" * 200}))
+    with pytest.raises(UserError, match="bytes is too large for a result"):
+        load_result(path)
+
+
+def test_validate_from_the_cli_is_one_line_per_bad_file(result, cli, tmp_path):
+    good, forged, nested, foreign = (tmp_path / f"{name}.json" for name in ("good", "forged", "nested", "foreign"))
+    write_json(good, result)
+    write_json(forged, {**result, "split": {**result["split"], "forget_sha256": "a" * 64}})
+    nested.write_text("[" * 50_000 + "]" * 50_000)
+    foreign.write_bytes(b"\xfe\xff{}")
+    done = cli("validate", good, forged, nested, foreign)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stdout.strip() == f"{good}: ok (result)"
+    lines = done.stderr.strip().splitlines()
+    assert [line.split(": ")[1] for line in lines] == ["invalid"] * 3 and len(lines) == 3, done.stderr
+    assert "forged.json: key 'split.forget_sha256'" in lines[0] and "nested" in lines[1] and "not UTF-8" in lines[2]
+
+
+def test_a_result_survives_a_json_round_trip(result, registry, tmp_path):
     write_json(tmp_path / "r.json", result)
-    validate_result(load_result(tmp_path / "r.json"), "r.json")
+    validate_result(load_result(tmp_path / "r.json"), "r.json", registry)
 
 
 def test_a_failed_write_leaves_no_file(tmp_path):
@@ -47,23 +153,8 @@ def test_a_failed_write_leaves_no_file(tmp_path):
 
 
 def test_leaderboard_results_are_valid_and_deleted_the_published_samples(registry):
-    from mubench.harness import Prepared
-    from mubench.splits import indices_sha256
-
+    """Every published result passes `mubench validate` in full: its card, metrics, scores and re-drawn deletion set."""
     files = sorted((REPO / "leaderboard_results").rglob("*.json"))
     assert files, "leaderboard_results holds no result"
-    drawn = {}
     for path in files:
-        result = load_result(path)
-        validate_result(result, path)
-        card = registry.card(result["task"])
-        assert result["task_card"]["sha256"] == card.sha256, f"{path} was made with another version of the card"
-        if "loader" not in card.dataset or "download" in card.dataset:  # data not reachable offline
-            continue
-        ratio = None if "forget_classes" in result["split"] else result["config"]["deletion_ratio"]
-        key = (result["task"], result["model"], ratio)
-        if key not in drawn:
-            prepared = Prepared(registry, result["task"], result["model"], ratio)
-            prepared.load()
-            drawn[key] = indices_sha256(prepared.forget)
-        assert result["split"]["forget_sha256"] == drawn[key], path
+        assert recheck(path, registry) == "", path

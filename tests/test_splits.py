@@ -79,10 +79,10 @@ def test_bad_ratio_is_rejected():
         forget_indices(10, None, 1.5, seed=0)
 
 
-def test_class_wise_deletion_forgets_whole_classes(run_digits):
+def test_class_wise_deletion_forgets_whole_classes(run_digits, registry):
     """D_f is every training image of the drawn digit; the retrained model never saw it."""
     retrained, path = run_digits("retrain", task="digits_classes")
-    validate_result(retrained, path)
+    validate_result(retrained, path, registry)
     (digit,) = retrained["split"]["forget_classes"]
     assert path.name == f"digits_classes__cnn__retrain__classes-{digit}__seed42.json"
     original, after = retrained["results"]["original"], retrained["results"]["unlearned"]
@@ -114,10 +114,10 @@ def test_class_wise_deletion_by_name_and_its_errors(registry, tmp_path):
         eleven.load()
 
 
-def test_the_memorising_scenario_has_something_to_forget(run_digits):
+def test_the_memorising_scenario_has_something_to_forget(run_digits, registry):
     """θ₀ memorises 300 images with 30% noisy labels; its loss attack sees D_f, and retraining gets D_f visibly wrong."""
     retrained, path = run_digits("retrain", task="digits_memorise")
-    validate_result(retrained, path)
+    validate_result(retrained, path, registry)
     original, after = retrained["results"]["original"], retrained["results"]["unlearned"]
     assert retrained["split"]["n_train"] == 300 and retrained["split"]["n_forget"] == 60
     assert original["retain_acc"] == 1.0 and original["forget_acc"] == 1.0

@@ -29,7 +29,7 @@ def test_every_method_runs_on_every_task(task, method, task_data, registry, tmp_
     from mubench.results import load_result, validate_result
 
     result, path = run(RunConfig(task=task, method=method, data_dir=task_data(task), output_path=tmp_path), registry)
-    validate_result(load_result(path), path)
+    validate_result(load_result(path), path, registry)
     assert (result["task"], result["method"]) == (task, method)
     assert result["split"]["n_forget"] >= 1 and result["model_info"]["trainable_fraction"] == 1.0
     original, unlearned = result["results"]["original"], result["results"]["unlearned"]

@@ -11,7 +11,7 @@ from pathlib import Path
 import jsonschema
 import yaml
 
-from mubench.errors import UserError, unknown_name
+from mubench.errors import UserError, key_path, unknown_name
 
 
 @cache
@@ -28,20 +28,30 @@ def schema_errors(instance, name: str, source) -> None:
         raise UserError(f"{source}: {key_path(error.absolute_path)}: {error.message}")
 
 
-def key_path(parts) -> str:
-    """``['deletion', 'ratios', 2]`` -> ``key 'deletion.ratios[2]'``."""
-    text = ""
-    for part in parts:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return f"key '{text}'" if text else "top level"
+MAX_CARD_BYTES = 2**20
+
+
+class CardLoader(yaml.SafeLoader):
+    """Safe YAML without anchors and aliases: a card is a plain tree, so no alias bomb can expand it."""
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise yaml.composer.ComposerError(None, None, "anchors and aliases (& and *) are not allowed in a task card",
+                                              event.start_mark)
+        return super().compose_node(parent, index)
 
 
 def read_yaml(path: Path) -> dict:
-    """Read a YAML mapping safely; syntax errors become one-line user errors."""
+    """Read a YAML mapping (at most 1 MiB, no anchors or aliases); every problem is a one-line user error."""
     try:
-        data = yaml.safe_load(path.read_text())
+        if path.stat().st_size > MAX_CARD_BYTES:
+            raise UserError(f"{path}: larger than {MAX_CARD_BYTES} bytes; a task card is a few KB")
+        data = yaml.load(path.read_bytes().decode("utf-8"), Loader=CardLoader)
     except OSError as e:
         raise UserError(f"{path}: cannot read: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text (byte {e.start})") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
@@ -62,8 +72,13 @@ def merge(base: dict, override: dict) -> dict:
     return out
 
 
-def resolve_includes(path: Path, seen: tuple = ()) -> dict:
-    """A card's mapping with its ``include:`` chain (paths relative to the card) merged in."""
+def resolve_includes(path: Path, roots=(), seen: tuple = ()) -> dict:
+    """A card's mapping with its ``include:`` chain merged in.
+
+    An include is a path relative to the card that stays inside the card's folder, or
+    a file under one of ``roots`` (the include paths the user gave); anything else
+    (an absolute path, ``../`` out of the folder) is refused.
+    """
     path = path.resolve()
     if path in seen:
         raise UserError(f"{path}: key 'include': include cycle through {' -> '.join(p.name for p in seen)}")
@@ -73,10 +88,13 @@ def resolve_includes(path: Path, seen: tuple = ()) -> dict:
         return data
     if not isinstance(base, str):
         raise UserError(f"{path}: key 'include': expected a path to a base card, got {base!r}")
-    base_path = path.parent / base
+    base_path = (path.parent / base).resolve()
+    allowed = [path.parent] + [Path(root).resolve() for root in roots]
+    if not any(base_path.is_relative_to(root) for root in allowed):
+        raise UserError(f"{path}: key 'include': {base} lies outside the card's folder and every --include-path")
     if not base_path.is_file():
         raise UserError(f"{path}: key 'include': no such file {base_path}")
-    return merge(resolve_includes(base_path, seen + (path,)), data)
+    return merge(resolve_includes(base_path, roots, seen + (path,)), data)
 
 
 @dataclass(frozen=True)
@@ -141,11 +159,23 @@ class TaskCard:
     def eval(self) -> dict:
         return self.data.get("eval", {})
 
+    def with_seeds(self, split_seed: int | None = None, original_seed: int | None = None) -> TaskCard:
+        """The card with another deletion set (``deletion.split_seed``) or another θ₀ seed (``train.seed``)."""
+        overrides = {}
+        if split_seed is not None:
+            overrides["deletion"] = {"split_seed": split_seed}
+        if original_seed is not None:
+            overrides["train"] = {"seed": original_seed}
+        return TaskCard(self.path, merge(self.data, overrides)) if overrides else self
 
-def load_card(path: str | Path) -> TaskCard:
-    """Read, merge and validate a task card; any problem is one line naming file and key."""
+
+def load_card(path: str | Path, roots=()) -> TaskCard:
+    """Read, merge and validate a task card; any problem is one line naming file and key.
+
+    ``roots`` are the user's include paths, under which ``include:`` may reach.
+    """
     path = Path(path)
-    data = resolve_includes(path)
+    data = resolve_includes(path, roots)
     schema_errors(data, "task_card", path)
     dataset = data["dataset"]
     if "loader" in dataset and "path" in dataset:

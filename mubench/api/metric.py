@@ -28,6 +28,8 @@ class Metric:
     for a ``forget`` metric, for forgetting). ``forgotten`` says what a value on D_f
     means once forgotten: ``chance`` (reaching :attr:`chance`, or the task's chance
     when None), ``retrain`` (matching the retrained model), ``lower`` or ``higher``.
+    ``bounds`` are the values it can take (``None``: unbounded above); ``mubench
+    validate`` refuses a result whose value lies outside them.
     """
 
     name: str
@@ -38,6 +40,7 @@ class Metric:
     forgotten: str = "lower"
     chance: float | None = None
     description: str = ""
+    bounds: tuple[float, float | None] = (0.0, 1.0)
 
     def __post_init__(self):
         if self.scope not in SCOPES:

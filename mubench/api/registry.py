@@ -1,11 +1,18 @@
 """The plugin registry: everything mubench knows is contributed through pluggy hooks.
 
-Plugins are found through entry points in group ``mubench`` (the built-in tasks and
-methods included); ``include_paths`` add folders of task cards at run time.
+Plugins are found through entry points in group ``mubench`` (the built-in tasks,
+methods and metrics included); ``include_paths`` add folders of task cards at run
+time. A plugin is isolated from the others: one that fails to import, or whose hook
+raises, is named in one warning line and left out; a contribution with a bad name
+or of the wrong kind is left out the same way; a name given twice is refused only
+where it is used, naming both sources. The rest of mubench keeps working.
 """
 from __future__ import annotations
 
+import logging
+import re
 from functools import cached_property
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import pluggy
@@ -15,6 +22,15 @@ from mubench.api.card import TaskCard, load_card, read_yaml
 from mubench.errors import UserError, unknown_name
 
 PROJECT = "mubench"
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # a name that can be part of a file name (results, caches)
+
+log = logging.getLogger("mubench")
+
+
+def one_line(error: BaseException) -> str:
+    """``Type: first line of the message``, for a warning about someone else's code."""
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
 class Registry:
@@ -23,87 +39,131 @@ class Registry:
     def __init__(self, include_paths=(), plugins=()):
         self.plugins = pluggy.PluginManager(PROJECT)
         self.plugins.add_hookspecs(hookspecs)
-        try:
-            self.plugins.load_setuptools_entrypoints(PROJECT)
-        except Exception as e:  # a third-party plugin that fails to import
-            raise UserError(f"a mubench plugin failed to load: {type(e).__name__}: {e}") from None
+        for entry in entry_points(group=PROJECT):
+            source = f"plugin '{entry.name}'" + (f" (package {entry.dist.name})" if entry.dist else "")
+            try:
+                self.plugins.register(entry.load(), name=entry.name)
+            except Exception as e:  # noqa: BLE001 - any failure of third-party code leaves that plugin out
+                log.warning("%s failed to load and is left out: %s", source, one_line(e))
         for plugin in plugins:
             self.plugins.register(plugin)
         self.include_paths = [Path(p) for p in include_paths]
         for path in self.include_paths:
             if not path.is_dir():
                 raise UserError(f"--include-path {path}: no such folder")
+        self.clashes: dict[str, str] = {}  # "<kind> '<name>'" -> the two sources that both give it
 
-    def _collect(self, hook: str, key=None) -> dict:
-        """Merge one hook's answers over all plugins; a name given twice is an error."""
-        merged, owner = {}, {}
+    def _answers(self, hook: str):
+        """Each plugin's answer to ``hook``, as (plugin name, answer); a plugin whose hook raises is left out."""
         for impl in getattr(self.plugins.hook, hook).get_hookimpls():
-            answer = impl.function() or []
-            items = answer.items() if isinstance(answer, dict) else ((key(x), x) for x in answer)
-            for name, value in items:
-                if name in merged:
-                    raise UserError(f"'{name}' ({hook}) is given by two plugins: {owner[name]} and {impl.plugin_name}")
-                merged[name], owner[name] = value, impl.plugin_name
+            try:
+                answer = impl.function() or []
+                yield impl.plugin_name, list(answer.items()) if isinstance(answer, dict) else list(answer)
+            except Exception as e:  # noqa: BLE001
+                log.warning("plugin '%s': hook %s raised %s; its answer is left out", impl.plugin_name, hook, one_line(e))
+
+    def _collect(self, hook: str, kind: str, key=None, valid=callable) -> dict:
+        """Merge one hook's answers over all plugins, checking each name and value as it registers."""
+        merged, owner = {}, {}
+        for plugin, answer in self._answers(hook):
+            for item in answer:
+                try:
+                    name, value = (key(item), item) if key else item
+                except Exception as e:  # noqa: BLE001
+                    log.warning("plugin '%s': a %s it gives is malformed (%s) and left out", plugin, kind, one_line(e))
+                    continue
+                if not isinstance(name, str) or not NAME.fullmatch(name):
+                    log.warning("plugin '%s': %s %r is left out: a name is letters, digits, '_', '.' and '-', "
+                                "starting with a letter or digit", plugin, kind, name)
+                    continue
+                if not valid(value):
+                    log.warning("plugin '%s': %s '%s' is left out: %r is not a %s", plugin, kind, name, value, kind)
+                    continue
+                if name in merged or f"{kind} '{name}'" in self.clashes:
+                    self.clashes.setdefault(f"{kind} '{name}'", f"{owner.get(name, '?')} and {plugin}")
+                    merged.pop(name, None)
+                    log.warning("%s '%s' is given by two plugins (%s and %s); neither is used", kind, name, owner.get(name, "?"), plugin)
+                    continue
+                merged[name], owner[name] = value, plugin
         return merged
+
+    def _get(self, kind: str, name: str, known: dict, what: str | None = None):
+        clash = self.clashes.get(f"{kind} '{name}'")
+        if clash:
+            raise UserError(f"{kind} '{name}' is given twice ({clash}); remove one of them")
+        if name not in known:
+            raise unknown_name(what or kind, name, known)
+        return known[name]
 
     @cached_property
     def methods(self) -> dict:
-        return self._collect("mubench_methods", key=lambda cls: cls.name)
+        from mubench.api.method import Method
+
+        return self._collect("mubench_methods", "method", key=lambda cls: cls.name,
+                             valid=lambda cls: isinstance(cls, type) and issubclass(cls, Method))
 
     @cached_property
     def task_types(self) -> dict:
-        return self._collect("mubench_task_types", key=lambda cls: cls.name)
+        from mubench.api.task import TaskType
+
+        return self._collect("mubench_task_types", "task type", key=lambda cls: cls.name,
+                             valid=lambda cls: isinstance(cls, type) and issubclass(cls, TaskType))
 
     @cached_property
     def dataset_loaders(self) -> dict:
-        return self._collect("mubench_dataset_loaders")
+        return self._collect("mubench_dataset_loaders", "dataset loader")
 
     @cached_property
     def dataset_adapters(self) -> dict:
-        return self._collect("mubench_dataset_adapters")
+        return self._collect("mubench_dataset_adapters", "dataset adapter")
 
     @cached_property
     def metrics(self) -> dict:
-        return self._collect("mubench_metrics", key=lambda metric: metric.name)
+        from mubench.api.metric import Metric
+
+        return self._collect("mubench_metrics", "metric", key=lambda metric: metric.name, valid=lambda m: isinstance(m, Metric))
 
     @cached_property
     def architectures(self) -> dict:
-        return self._collect("mubench_architectures")
+        return self._collect("mubench_architectures", "architecture")
 
     @cached_property
     def card_paths(self) -> dict[str, Path]:
         """Task name -> card file, over the plugins' card folders and the include paths.
 
         YAML files without a ``task`` key are base cards, used only through ``include:``.
+        A file that cannot be read is named in a warning and left out; a task defined
+        twice is refused where it is used.
         """
-        folders = [Path(d) for dirs in self.plugins.hook.mubench_task_card_dirs() for d in dirs]
+        folders = [(plugin, Path(d)) for plugin, dirs in self._answers("mubench_task_card_dirs") for d in dirs]
+        folders += [("--include-path", path) for path in self.include_paths]
         paths: dict[str, Path] = {}
-        for folder in folders + self.include_paths:
+        for _, folder in folders:
             for path in sorted(folder.rglob("*.yaml")):
-                name = read_yaml(path).get("task")
+                try:
+                    name = read_yaml(path).get("task")
+                except UserError as e:
+                    log.warning("task card left out: %s", e)
+                    continue
                 if name is None:
                     continue
-                if name in paths:
-                    raise UserError(f"task '{name}' is defined twice: {paths[name]} and {path}")
-                paths[str(name)] = path
+                if not isinstance(name, str) or not NAME.fullmatch(name):
+                    log.warning("task card left out: %s: key 'task': %r is not a name (letters, digits, '_', '.', '-')", path, name)
+                elif name in paths or f"task '{name}'" in self.clashes:
+                    self.clashes.setdefault(f"task '{name}'", f"{paths.get(name)} and {path}")
+                    log.warning("task '%s' is defined twice (%s and %s); neither is used", name, paths.pop(name, "?"), path)
+                else:
+                    paths[name] = path
         return paths
 
     def card(self, name: str) -> TaskCard:
-        if name not in self.card_paths:
-            raise unknown_name("task", name, self.card_paths)
-        return load_card(self.card_paths[name])
+        return load_card(self._get("task", name, self.card_paths), roots=self.include_paths)
 
     def method(self, name: str):
-        if name not in self.methods:
-            raise unknown_name("method", name, self.methods)
-        return self.methods[name]
+        return self._get("method", name, self.methods)
 
     def task_type(self, card: TaskCard):
-        if card.task_type not in self.task_types:
-            raise unknown_name(f"task type (in {card.path})", card.task_type, self.task_types)
-        return self.task_types[card.task_type](card)
+        return self._get("task type", card.task_type, self.task_types, f"task type (in {card.path})")(card)
 
     def architecture(self, card: TaskCard, name: str):
-        if name not in self.architectures:
-            raise unknown_name(f"architecture (in {card.path})", name, self.architectures)
-        return self.architectures[name]
+        return self._get("architecture", name, self.architectures, f"architecture (in {card.path})")
