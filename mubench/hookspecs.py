@@ -3,7 +3,10 @@
 A plugin is a module (or object) named by an entry point in group ``mubench``; the
 built-in tasks (``mubench.tasks``) and methods (``mubench.methods``) are registered that
 way too. Each hook returns a list (or mapping) that the registry merges over all
-plugins; a name given by two plugins is an error that names both.
+plugins. Names are letters, digits, ``_``, ``.`` and ``-`` (they become parts of file
+names), checked as they register. A plugin that fails to import, or whose hook
+raises, is named in one warning line and left out; a name given by two plugins is
+used by neither, and asking for it is an error that names both.
 
     from mubench.api import hookimpl
 

@@ -3,6 +3,7 @@ import copy
 import functools
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -158,3 +159,48 @@ def test_leaderboard_results_are_valid_and_deleted_the_published_samples(registr
     assert files, "leaderboard_results holds no result"
     for path in files:
         assert recheck(path, registry) == "", path
+
+
+@pytest.mark.parametrize("lora", [None, 4], ids=["full", "lora"])
+def test_verify_re_evaluates_the_saved_weights_and_finds_a_forged_number(run_digits, registry, cli, tmp_path, lora):
+    from mubench.lora import LoraSpec
+    from mubench.recheck import verify
+
+    # seeds of their own: result file names do not yet tell a LoRA or --save-model run apart
+    result, path = run_digits("neggrad", save_model=True, seed=7 if lora is None else 8, lora=None if lora is None else LoraSpec(rank=lora))
+    weights = path.with_suffix(".safetensors")
+    assert result["model_info"]["unlearned_weights"] == {"file": weights.name, "sha256": files.sha256_file(weights)}
+    report = verify(path, registry)
+    assert report.mismatched == [] and set(report.compared) == set(result["results"]["unlearned"])
+
+    forged = tmp_path / path.name
+    shutil.copy(weights, tmp_path / weights.name)
+    claimed = copy.deepcopy(result)
+    claimed["results"]["unlearned"]["retain_acc"] -= 0.01  # still a valid-looking number
+    write_json(forged, claimed)
+    assert verify(forged, registry).mismatched == ["retain_acc"]
+    if lora is None:
+        done = cli("verify", forged)
+        assert done.returncode == 2 and "Traceback" not in done.stderr
+        assert done.stderr.strip().splitlines() == [f"mubench: error: {forged}: does not verify: retain_acc differ from the "
+                                                    f"re-evaluation by more than 1e-06"]
+        assert cli("verify", path).stdout.strip().endswith(f"{path}: verified ({len(report.compared)} metrics within 1e-06)")
+
+
+def test_verify_refuses_edited_or_missing_weights(run_digits, registry, tmp_path):
+    import safetensors.torch
+
+    from mubench.recheck import verify
+
+    result, path = run_digits("neggrad", save_model=True, seed=7)
+    write_json(tmp_path / path.name, result)
+    with pytest.raises(UserError, match="its weights .* are missing"):
+        verify(tmp_path / path.name, registry)
+    tensors = safetensors.torch.load_file(path.with_suffix(".safetensors"))
+    safetensors.torch.save_file({k: -v for k, v in tensors.items()}, tmp_path / path.with_suffix(".safetensors").name)
+    with pytest.raises(UserError, match="does not match the SHA-256 that .* records"):
+        verify(tmp_path / path.name, registry)
+    del result["model_info"]["unlearned_weights"]
+    write_json(tmp_path / "unsaved.json", result)
+    with pytest.raises(UserError, match="has no saved weights to verify"):
+        verify(tmp_path / "unsaved.json", registry)

@@ -82,7 +82,8 @@ class Registry:
                 if name in merged or f"{kind} '{name}'" in self.clashes:
                     self.clashes.setdefault(f"{kind} '{name}'", f"{owner.get(name, '?')} and {plugin}")
                     merged.pop(name, None)
-                    log.warning("%s '%s' is given by two plugins (%s and %s); neither is used", kind, name, owner.get(name, "?"), plugin)
+                    log.warning("%s '%s' is given by two plugins (%s and %s); neither is used", kind, name, owner.get(name, "?"),
+                                plugin)
                     continue
                 merged[name], owner[name] = value, plugin
         return merged
