@@ -121,8 +121,19 @@ def test_includes_stay_inside_the_cards_folder_or_an_include_path(tmp_path):
     system = write(cards, "sys.yaml", {"include": "/etc/passwd", "task": "sys"})
     for path, given in ((escaping, "../shared/base.yaml"), (absolute, str(shared / "base.yaml")), (system, "/etc/passwd")):
         message = error_of(path)
-        assert f"key 'include': {given} lies outside the card's folder and every --include-path" in message
+        assert f"key 'include': {given} lies outside the card's folder, every --include-path and every plugin's card folder" in message
     assert load_card(escaping, roots=[shared]).name == "up"  # under a folder the user named
     assert load_card(absolute, roots=[shared]).name == "abs"
     write(cards, "base.yaml", {k: v for k, v in digits_card().items() if k != "task"})
     assert load_card(write(cards, "side.yaml", {"include": "./base.yaml", "task": "side"})).name == "side"
+
+
+def test_a_card_in_an_include_path_may_extend_a_builtin_card(tmp_path):
+    from mubench.api.registry import Registry
+
+    builtin = Path(__file__).resolve().parents[1] / "tasks" / "digits" / "digits_classes.yaml"
+    write(tmp_path, "mine.yaml", {"include": str(builtin), "task": "digits_mine", "train": {"epochs": 3}})
+    card = Registry(include_paths=[tmp_path]).card("digits_mine")
+    assert card.data["deletion"]["mode"] == "classes" and card.data["train"]["epochs"] == 3
+    with pytest.raises(UserError, match="lies outside the card's folder"):
+        load_card(tmp_path / "mine.yaml")  # without the registry's card folders

@@ -91,7 +91,8 @@ def resolve_includes(path: Path, roots=(), seen: tuple = ()) -> dict:
     base_path = (path.parent / base).resolve()
     allowed = [path.parent] + [Path(root).resolve() for root in roots]
     if not any(base_path.is_relative_to(root) for root in allowed):
-        raise UserError(f"{path}: key 'include': {base} lies outside the card's folder and every --include-path")
+        raise UserError(f"{path}: key 'include': {base} lies outside the card's folder, "
+                        f"every --include-path and every plugin's card folder")
     if not base_path.is_file():
         raise UserError(f"{path}: key 'include': no such file {base_path}")
     return merge(resolve_includes(base_path, roots, seen + (path,)), data)
@@ -172,7 +173,8 @@ class TaskCard:
 def load_card(path: str | Path, roots=()) -> TaskCard:
     """Read, merge and validate a task card; any problem is one line naming file and key.
 
-    ``roots`` are the user's include paths, under which ``include:`` may reach.
+    ``roots`` are the folders (the user's include paths, the plugins' card folders)
+    under which ``include:`` may reach besides the card's own folder.
     """
     path = Path(path)
     data = resolve_includes(path, roots)

@@ -129,6 +129,11 @@ class Registry:
         return self._collect("mubench_architectures", "architecture")
 
     @cached_property
+    def card_folders(self) -> list[Path]:
+        """The plugins' card folders and the include paths: where cards are found, and where ``include:`` may reach."""
+        return [Path(d) for _, dirs in self._answers("mubench_task_card_dirs") for d in dirs] + self.include_paths
+
+    @cached_property
     def card_paths(self) -> dict[str, Path]:
         """Task name -> card file, over the plugins' card folders and the include paths.
 
@@ -136,10 +141,8 @@ class Registry:
         A file that cannot be read is named in a warning and left out; a task defined
         twice is refused where it is used.
         """
-        folders = [(plugin, Path(d)) for plugin, dirs in self._answers("mubench_task_card_dirs") for d in dirs]
-        folders += [("--include-path", path) for path in self.include_paths]
         paths: dict[str, Path] = {}
-        for _, folder in folders:
+        for folder in self.card_folders:
             for path in sorted(folder.rglob("*.yaml")):
                 try:
                     name = read_yaml(path).get("task")
@@ -158,7 +161,7 @@ class Registry:
         return paths
 
     def card(self, name: str) -> TaskCard:
-        return load_card(self._get("task", name, self.card_paths), roots=self.include_paths)
+        return load_card(self._get("task", name, self.card_paths), roots=self.card_folders)
 
     def method(self, name: str):
         return self._get("method", name, self.methods)
