@@ -1,6 +1,7 @@
 """The built-in unlearning methods, registered as a plugin exactly as a third-party package would be."""
 from mubench.api import hookimpl
 from mubench.methods.badt import BadTeacher
+from mubench.methods.esd import ESD
 from mubench.methods.neggrad import NegGrad
 from mubench.methods.randlabel import RandLabel
 from mubench.methods.references import FineTune, Original, Retrain
@@ -10,4 +11,4 @@ from mubench.methods.scrub import SCRUB
 
 @hookimpl
 def mubench_methods():
-    return [NegGrad, RandLabel, BadTeacher, SCRUB, SalUn, Retrain, Original, FineTune]
+    return [NegGrad, RandLabel, BadTeacher, SCRUB, SalUn, ESD, Retrain, Original, FineTune]

@@ -14,6 +14,8 @@ class BadTeacher(Method):
     number of classes K; mubench keeps the KL per example (``batchmean``), which is K
     times the authors' value: with Adam, which is invariant to the loss's scale, the
     difference all but vanishes; with SGD, divide the learning rate by K to match.
+    On diffusion models the student's noise predictions are distilled (MSE) from a
+    randomly initialised UNet's on D_f and θ₀'s on D_r (the task's ``incompetent``).
     """
 
     name = "badt"
@@ -22,7 +24,7 @@ class BadTeacher(Method):
 
     def setup(self):
         self.competent = self.ctx.frozen_copy()
-        self.incompetent = self.ctx.frozen_copy(self.ctx.fresh_model())
+        self.incompetent = self.ctx.frozen_copy(self.task.incompetent(self.ctx.fresh_model()))
 
     def passes(self, epoch):
         return [Pass("mixed", self.loader("train", retain_fraction=self.hp.retain_fraction))]

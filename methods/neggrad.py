@@ -5,6 +5,7 @@ class NegGrad(Method):
     """Gradient ascent on D_f (Golatkar et al. 2020): maximise the task loss of the forget set.
 
     Nothing holds D_r in place, so it collapses fast: keep epochs and learning rate small.
+    On diffusion models: ascent on D_f's denoising loss (the noise-prediction MSE).
     """
 
     name = "neggrad"

@@ -8,7 +8,8 @@ class RandLabel(Method):
     example in every batch (SalUn's and Deep Unlearn's code: the true label comes back
     with probability 1/K); ``random_wrong`` draws among the wrong labels only;
     ``shift`` uses (y + 1) mod K (MU-Bench's code). Generative tasks give D_f a D_r
-    example's target under ``random`` and ``random_wrong``.
+    example's target under ``random`` and ``random_wrong``. On diffusion models D_f's
+    images are paired with another class's prompt (``random_wrong``, as SalUn's SD code).
     """
 
     name = "randlabel"

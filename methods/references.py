@@ -13,7 +13,11 @@ class Original(Method):
 
 
 class Retrain(Fit):
-    """Exact unlearning: a fresh model trained on D_r with the original model's recipe."""
+    """Exact unlearning: a fresh model trained on D_r with the original model's recipe.
+
+    A fresh model is the family's starting point: a pretrained backbone with a new head,
+    or, for Stable Diffusion, the pretrained model (retraining fine-tunes its UNet on D_r).
+    """
 
     name = "retrain"
     summary = "exact unlearning: train from scratch on D_r (the reference)"

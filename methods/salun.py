@@ -11,7 +11,8 @@ class SalUn(RandLabel):
     by |gradient| over the whole model and exactly ⌊N · ``mask_ratio``⌋ of them are
     salient (ties, such as the zero gradients of units that never fire on D_f, broken
     by parameter order). Training then masks every other gradient, weight decay
-    included, so the other weights stay exactly at θ₀.
+    included, so the other weights stay exactly at θ₀. On diffusion models the
+    saliency is that of D_f's denoising loss, and the training RandLabel's form there.
     """
 
     name = "salun"

@@ -6,7 +6,8 @@ class SCRUB(Method):
 
     Every epoch below ``msteps`` first makes a max pass over D_f (loss −KL_T), then
     every epoch makes a min pass over D_r (γ·task loss + α·KL_T); KL_T (per token for
-    language models) is scaled by T².
+    language models; on diffusion models the MSE between student and teacher noise
+    predictions, where a card sets T = 1) is scaled by T².
     Defaults are the authors': SGD, lr ×0.1 after epoch 3.
     """
 

@@ -1,6 +1,7 @@
 """Loading a card's dataset and serving D_f, D_r and D_test to the loop."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -365,6 +366,10 @@ class _Part(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
+    def subset(self, positions: np.ndarray) -> _Part:
+        """The examples at ``positions`` of this part."""
+        return _Part(self.data, self.indices[positions], self.forget.numpy()[positions])
+
     def __getitems__(self, positions):
         chosen = self.indices[positions].tolist()
         fetch = getattr(self.data, "__getitems__", None)
@@ -413,21 +418,26 @@ class UnlearningData:
         return _Part(data, idx, flags)
 
     def loader(self, name: str, batch_size: int, shuffle: bool = True, **part_options) -> DataLoader:
-        """A DataLoader of :class:`Batch` over part ``name`` (see :meth:`part`).
+        """A DataLoader of :class:`Batch` over part ``name`` (see :meth:`part`)."""
+        return self.loader_of(self.part(name, **part_options), batch_size, shuffle)
 
-        Only a shuffled loader draws from the data's generator; an unshuffled one
-        (evaluation) gets its own, so that evaluating never moves the training's
-        random streams (a DataLoader draws a seed from its generator on every pass).
+    def loader_of(self, part: _Part, batch_size: int, shuffle: bool = False) -> DataLoader:
+        """A DataLoader of :class:`Batch` over ``part``.
+
+        Only a shuffled loader draws from the data's generator (its order, and the
+        task's :meth:`~mubench.api.TaskType.draw`); an unshuffled one (evaluation) gets
+        its own, so that evaluating never moves the training's random streams (a
+        DataLoader draws a seed from its generator on every pass).
         """
         return DataLoader(
-            self.part(name, **part_options),
+            part,
             batch_size=batch_size,
             shuffle=shuffle,
             generator=self.generator if shuffle else torch.Generator().manual_seed(0),
-            collate_fn=self._collate,
+            collate_fn=functools.partial(self._collate, generator=self.generator if shuffle else None),
             pin_memory=self.pin_memory,
         )
 
-    def _collate(self, fetched) -> Batch:
+    def _collate(self, fetched, generator: torch.Generator | None) -> Batch:
         items, forget = fetched
-        return Batch(self.task.collate(items), forget)
+        return Batch(self.task.draw(self.task.collate(items), generator), forget)

@@ -56,27 +56,31 @@ class Evaluator:
     """Evaluates a model on a task's parts with a list of metrics (the card's, by default)."""
 
     def __init__(self, task, metrics: list[Metric], device: torch.device, precision: str, batch_size: int = 256,
-                 max_sizes: dict | None = None, seed: int = 0):
+                 max_sizes: dict | None = None, seed: int = 0, max_samples: int = 8):
         self.task, self.metrics = task, metrics
         self.device, self.precision = device, precision
-        self.batch_size, self.max_sizes, self.seed = batch_size, max_sizes or {}, seed
+        self.batch_size, self.max_sizes, self.seed, self.max_samples = batch_size, max_sizes or {}, seed, max_samples
         self.needs = frozenset().union(*(m.needs for m in metrics)) | ({"stratum"} & task.records)
+        if self.needs & task.generated:  # what people look at comes with the generations metrics need anyway
+            self.needs |= task.sample_records
 
     @classmethod
     def for_card(cls, card, task, metrics: list[Metric], device, precision: str) -> Evaluator:
         """The card's ``eval`` settings (batch size, a cap on evaluated D_r); attacks seeded by the split seed."""
         return cls(task, metrics, device, precision, card.eval.get("batch_size", 256),
-                   {"retain": card.eval.get("max_retain"), "train": card.eval.get("max_retain")}, card.split_seed)
+                   {"retain": card.eval.get("max_retain"), "train": card.eval.get("max_retain")}, card.split_seed,
+                   card.eval.get("samples_per_part", 8))
 
-    def records(self, model: torch.nn.Module, loader, desc: str = "eval") -> dict:
-        """The task's per-example records over ``loader``, in loader order."""
+    def records(self, model: torch.nn.Module, loader, desc: str = "eval", needs: frozenset | None = None) -> dict:
+        """The task's per-example records over ``loader`` (the columns in ``needs``, by default all the metrics need), in loader order."""
         model.eval()
+        needs = self.needs if needs is None else needs
         chunks: dict[str, list] = {}
         with torch.inference_mode(), tqdm(loader, desc=desc, unit="batch", disable=None, leave=False) as bar:
             for batch in bar:
                 batch = batch.to(self.device)
                 with autocast(self.device, self.precision):
-                    records = self.task.evaluate_batch(model, batch.inputs, self.needs)
+                    records = self.task.evaluate_batch(model, batch.inputs, needs)
                 for key, value in records.items():
                     chunks.setdefault(key, []).append(value)
         return concatenate(chunks)
@@ -85,12 +89,19 @@ class Evaluator:
         """Records of each of ``parts`` and the metrics: ``<part>_<name>``, and the D_f attacks when D_f is among the parts.
 
         With a ``forgotten`` part (class-wise deletion) the attacks take its records as
-        the non-members: test examples of D_f's own classes.
+        the non-members: test examples of D_f's own classes. The task's ``generated``
+        columns are recorded on the sample :meth:`TaskType.generation_positions` picks.
         """
         records, values = {}, {}
+        generated = self.needs & (self.task.generated | self.task.sample_records)
         for part in parts:
-            loader = data.loader(part, self.batch_size, shuffle=False, max_size=self.max_sizes.get(part))
-            records[part] = self.records(model, loader, desc=f"eval {part}")
+            examples = data.part(part, max_size=self.max_sizes.get(part))
+            loader = data.loader_of(examples, self.batch_size)
+            records[part] = self.records(model, loader, f"eval {part}", self.needs - generated)
+            if generated:  # generations of a sample of the part (e.g. a few images per class prompt)
+                sample = examples.subset(self.task.generation_positions(examples))
+                made = self.records(model, data.loader_of(sample, self.batch_size), f"generate {part}", generated)
+                records[part] |= {key: made[key] for key in generated if key in made}
             for metric in self.metrics:
                 if metric.scope == "split":
                     values[f"{part}_{metric.name}"] = metric.compute(records[part])
@@ -127,11 +138,20 @@ def accuracy_overall(test: float, test_original: float, forget: float, chance: f
     return 0.0 if keep + forgot == 0 else 2 * keep * forgot / (keep + forgot)
 
 
-def assess(evaluator: Evaluator, model: torch.nn.Module, data, original: dict | None = None) -> dict:
+def assess(evaluator: Evaluator, model: torch.nn.Module, data, original: dict | None = None, samples: dict | None = None) -> dict:
     """Metrics on D_test, D_f and D_r (and a shifted test set, if any), the attacks on D_f, and the overall score
-    (against ``original``'s block, or itself)."""
+    (against ``original``'s block, or itself).
+
+    A ``samples`` mapping receives, per part, the first ``max_samples`` of what the task
+    generated for people to look at (its :attr:`~mubench.api.TaskType.sample_records`).
+    """
     extra = (("shifted",) if data.shifted is not None else ()) + (("forgotten",) if data.forgotten_rows is not None else ())
-    _, values = evaluator.evaluate(model, data, EVAL_PARTS + extra)
+    records, values = evaluator.evaluate(model, data, EVAL_PARTS + extra)
+    if samples is not None:
+        for part, columns in records.items():
+            kept = {key: columns[key][:evaluator.max_samples] for key in evaluator.task.sample_records if key in columns}
+            if kept:
+                samples[part] = kept
     values["overall_score"] = overall_score(evaluator.task, values, original or values)
     return values
 

@@ -24,7 +24,7 @@ from mubench.cache import CacheEntry
 from mubench.data import UnlearningData, fingerprint, load_shifted, load_splits, preprocessed
 from mubench.errors import UserError
 from mubench.evaluation import Evaluator, assess, describe, select_metrics
-from mubench.files import atomic_path, ensure_writable, mubench_home, read_json, sha256_file, write_json
+from mubench.files import atomic_folder, atomic_path, ensure_writable, mubench_home, read_json, sha256_file, write_json
 from mubench.loop import Budget, resolve_device, resolve_precision
 from mubench.lora import LoraSpec, apply_lora
 from mubench.originals import Family, resolve_original
@@ -252,8 +252,9 @@ def unlearn(plan: Plan, original) -> tuple[Context, object, Budget, dict | None]
     return ctx, method.unlearn(), budget, peft
 
 
-def execute(plan: Plan) -> tuple[dict, torch.nn.Module]:
-    """Stages 2–7 of a resolved run: the result (validated, not yet written) and the unlearned model.
+def execute(plan: Plan) -> tuple[dict, torch.nn.Module, dict]:
+    """Stages 2–7 of a resolved run: the result (validated, not yet written), the unlearned model, and the samples
+    a generative task made of each model (``{"original": {part: records}, "unlearned": …}``).
 
     Stages: prepare data → original model → evaluate the original (which does not
     depend on the run seed) → unlearn → evaluate → assemble the result.
@@ -268,18 +269,19 @@ def execute(plan: Plan) -> tuple[dict, torch.nn.Module]:
 
     t0 = time.perf_counter()
     data = prepared.data(plan.device)
-    before = assess(evaluator, original.model, data)
+    samples = {"original": {}, "unlearned": {}}
+    before = assess(evaluator, original.model, data, samples=samples["original"])
     eval_s = time.perf_counter() - t0
 
     ctx, report, budget, peft = unlearn(plan, original)
 
     t0 = time.perf_counter()
-    after = assess(evaluator, ctx.model, data, before)
+    after = assess(evaluator, ctx.model, data, before, samples["unlearned"])
     eval_s += time.perf_counter() - t0
     times = {"unlearn_s": report.seconds, "eval_s": eval_s, "original_s": original_s, "total_s": time.perf_counter() - started}
     result = assemble(plan, original, before, after, report, budget, peft, times, n_parameters,
                       sum(p.numel() for p in ctx.model.parameters() if p.requires_grad))
-    return result, ctx.model
+    return result, ctx.model, samples
 
 
 def run(config: RunConfig, registry: Registry | None = None) -> tuple[dict, Path]:
@@ -289,7 +291,7 @@ def run(config: RunConfig, registry: Registry | None = None) -> tuple[dict, Path
     retrain`` adds the gaps to that reference (retraining first where none is cached).
     """
     plan = resolve(config, registry or Registry(config.include_paths))
-    result, model = execute(plan)
+    result, model, samples = execute(plan)
     if plan.method_cls.name == "retrain":
         entry = reference_entry(result, plan)
         with entry.locked():
@@ -297,13 +299,15 @@ def run(config: RunConfig, registry: Registry | None = None) -> tuple[dict, Path
     elif config.reference == "retrain":
         retrained = retrained_reference(result, plan)
         result["reference"] = reference_block(result, retrained, plan.prepared.task.metric)
-    return emit(plan, result, model)
+    return emit(plan, result, model, samples)
 
 
-def emit(plan: Plan, result: dict, model: torch.nn.Module) -> tuple[dict, Path]:
-    """Write the result (and, with ``save_model``, the unlearned weights beside it, their SHA-256 in the result),
-    validated again with what was added to it."""
+def emit(plan: Plan, result: dict, model: torch.nn.Module, samples: dict) -> tuple[dict, Path]:
+    """Write the result, validated again with what was added to it: the samples a generative task made (PNG, in a
+    folder beside it) and, with ``save_model``, the unlearned weights (their SHA-256 in the result)."""
     path = plan.config.output_path / result_filename(result)
+    if any(samples.values()):
+        result["samples"] = save_samples(samples, path.with_suffix(".samples"))
     if plan.config.save_model:
         weights = path.with_suffix(".safetensors")
         with atomic_path(weights) as tmp:
@@ -312,6 +316,21 @@ def emit(plan: Plan, result: dict, model: torch.nn.Module) -> tuple[dict, Path]:
     validate_result(result, "result", plan.prepared.registry, plan.prepared.task)
     write_json(path, result)
     return result, path
+
+
+def save_samples(samples: dict, folder: Path) -> list[dict]:
+    """Images (uint8 arrays) and their prompts as ``<model>_<part>_<k>.png`` in ``folder``, written as one unit; their list."""
+    from PIL import Image
+
+    listed = []
+    with atomic_folder(folder) as tmp:
+        for model, parts in samples.items():
+            for part, records in parts.items():
+                for k, (image, prompt) in enumerate(zip(records["image"], records["prompt"])):
+                    name = f"{model}_{part}_{k}.png"
+                    Image.fromarray(np.asarray(image, dtype=np.uint8)).save(tmp / name)
+                    listed.append({"file": f"{folder.name}/{name}", "model": model, "part": part, "prompt": prompt})
+    return listed
 
 
 REFERENCE = "result.json"
@@ -335,9 +354,9 @@ def retrained_reference(result: dict, plan: Plan) -> dict:
             log.info("reference: retraining on D_r with seed %d", plan.seed)
             retrain = resolve(dataclasses.replace(plan.config, method="retrain", method_args={}, reference=None, save_model=False),
                               plan.prepared.registry)
-            retrained, model = execute(retrain)
+            retrained, model, samples = execute(retrain)
             entry.commit(lambda folder: write_json(folder / REFERENCE, retrained) or {})
-            emit(retrain, retrained, model)
+            emit(retrain, retrained, model, samples)
         return read_json(entry.folder / REFERENCE, "cached reference")
 
 

@@ -1,6 +1,7 @@
 """The built-in metrics and attacks, registered as a plugin exactly as a third-party package would be.
 
-Every value lies on a 0–1 scale (ROUGE included) except the per-example loss (``nll``).
+Every value lies on a 0–1 scale (ROUGE included) except the per-example losses (``nll``, ``mse``) and the
+CLIP score (0–100, as torchmetrics defines it).
 """
 from __future__ import annotations
 
@@ -167,6 +168,19 @@ def knowledge_gap(forget_score: np.ndarray, retain_score: np.ndarray, seed: int,
 
 
 # --- the registered metrics ----------------------------------------------------------------
+def frechet_distance(a, b) -> float:
+    """‖μ_a − μ_b‖² + Tr(Σ_a + Σ_b − 2(Σ_a Σ_b)^½) of two sets of feature vectors (rows); NaN with fewer than two a side."""
+    from scipy import linalg
+
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if min(len(a), len(b)) < 2:
+        return float("nan")
+    cov_a, cov_b = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
+    root = linalg.sqrtm(cov_a @ cov_b)
+    root = root.real if np.iscomplexobj(root) else root
+    return float(max(0.0, np.sum((a.mean(0) - b.mean(0)) ** 2) + np.trace(cov_a + cov_b - 2 * root)))
+
+
 def _rouge(kind: str, measure: str):
     return lambda r: mean(rouge_scores(r["generation"], r["reference"], kind, measure))
 
@@ -200,6 +214,18 @@ BUILTIN = [
     Metric("knowledge_gap", lambda r, seed: knowledge_gap(r["forget"]["score"], r["retain"]["score"], seed),
            higher_is_better=True, needs={"score"}, scope="forget", forgotten="higher",
            description="AUC of the per-example task score, D_r vs D_f (MU-Bench)"),
+    # text-to-image: real images' denoising loss, and images generated from the split's class prompts
+    Metric("mse", lambda r: mean(r["loss"]), higher_is_better=False, needs={"loss"}, forgotten="retrain",
+           description="mean per-example denoising loss (noise-prediction MSE)", bounds=(0.0, None)),
+    Metric("clip_score", lambda r: mean(r["clip_score"]), higher_is_better=True, needs={"clip_score"}, forgotten="lower",
+           description="CLIP score of generated images with their prompts, 100·max(cos, 0)", bounds=(0.0, 100.0)),
+    Metric("clf_acc", lambda r: mean(r["clf_correct"]), higher_is_better=True, needs={"clf_correct"}, forgotten="chance",
+           description="an ImageNet classifier's top-1 accuracy on generated images against the prompt's class"),
+    Metric("clf_top5_acc", lambda r: mean(r["clf_top5"]), higher_is_better=True, needs={"clf_top5"}, forgotten="lower",
+           description="the classifier's top-5 accuracy on generated images"),
+    Metric("fid", lambda r: frechet_distance(r["fid_generated"], r["fid_real"]), higher_is_better=False,
+           needs={"fid_generated", "fid_real"}, forgotten="higher", bounds=(0.0, None),
+           description="Fréchet distance of generated to real images' features (off by default)"),
 ]
 
 

@@ -152,13 +152,16 @@ def train_original(card, family: Family, train, test, evaluator: Evaluator) -> t
 
 def resolve_original(card, family: Family, train, test, data_sha256: str, evaluator: Evaluator,
                      retrain_cache: bool = False, fix: str = "rebuild it with `mubench train --force`") -> Original:
-    """θ₀ in the order: the card's checkpoint, the local cache, training it here (then cached); on the evaluator's device.
+    """θ₀ in the order: the card's checkpoint (or ``pretrained``: the family's model as built), the local cache,
+    training it here (then cached); on the evaluator's device.
 
     A cached θ₀ is verified (identity and weights hash) before use; ``fix`` is what the
     error says to do when it fails. ``retrain_cache`` trains and replaces it regardless.
     """
     device = evaluator.device
     source = family.spec["original"]
+    if source == "pretrained":  # the family's pretrained model itself, as MU-Bench takes Stable Diffusion v1.4
+        return Original(family.build().to(device), {}, f"pretrained {family.spec.get('params', {}).get('pretrained', family.name)}")
     if source != "train":
         published = family.load_published(source)
         if published is not None:

@@ -7,6 +7,7 @@ from mubench.tasks.audio import AudioClassificationTask
 from mubench.tasks.biofact import load_people
 from mubench.tasks.classification import ImageClassificationTask
 from mubench.tasks.ddi2013 import load_ddi_xml
+from mubench.tasks.diffusion import StableDiffusion, TextToImageTask
 from mubench.tasks.digits import load_digits
 from mubench.tasks.generation import CausalGenerationTask, Seq2SeqGenerationTask
 from mubench.tasks.nlvr2 import load_nlvr2_release
@@ -18,7 +19,7 @@ from mubench.tasks.video import VideoClassificationTask
 from mubench.tasks.vision_language import VisualReasoningTask
 
 TASK_TYPES = [ImageClassificationTask, TextClassificationTask, RelationClassificationTask, VisualReasoningTask,
-              AudioClassificationTask, VideoClassificationTask, Seq2SeqGenerationTask, CausalGenerationTask]
+              AudioClassificationTask, VideoClassificationTask, Seq2SeqGenerationTask, CausalGenerationTask, TextToImageTask]
 
 
 @hookimpl
@@ -44,4 +45,4 @@ def mubench_dataset_adapters():
 
 @hookimpl
 def mubench_architectures():
-    return {"small_cnn": small_cnn, "transformers": Pretrained()}
+    return {"small_cnn": small_cnn, "transformers": Pretrained(), "stable_diffusion": StableDiffusion()}

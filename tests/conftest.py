@@ -16,6 +16,8 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 # huggingface_hub is imported, which reads it once.
 os.environ["HF_HUB_CACHE"] = tempfile.mkdtemp(prefix="mubench-hf-hub-")
 atexit.register(shutil.rmtree, os.environ["HF_HUB_CACHE"], ignore_errors=True)
+os.environ["TORCH_HOME"] = tempfile.mkdtemp(prefix="mubench-torch-home-")  # torchvision's classifier weights (fixtures)
+atexit.register(shutil.rmtree, os.environ["TORCH_HOME"], ignore_errors=True)
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -22,13 +22,19 @@ class TaskType:
     the kind of overall score (``accuracy``: closeness of D_f to :attr:`chance`;
     ``generation``: MU-Bench's text-generation score), and ``records`` the
     per-example columns :meth:`evaluate_batch` can fill, which decide the metrics a
-    card may select.
+    card may select. ``generated`` names those of them that come from generating
+    (images from class prompts): the evaluator asks for them only on the examples
+    :meth:`generation_positions` picks in each part, not on every example.
+    ``sample_records`` are generated columns kept for people to look at (images and
+    their prompts), saved beside the result.
     """
 
     name: ClassVar[str]
     metric: ClassVar[str] = "acc"
     overall: ClassVar[str] = "accuracy"
     records: ClassVar[frozenset] = frozenset({"loss", "confidence", "correct", "score", "stratum"})
+    generated: ClassVar[frozenset] = frozenset()
+    sample_records: ClassVar[frozenset] = frozenset()
 
     def __init__(self, card: TaskCard):
         self.card = card
@@ -78,6 +84,21 @@ class TaskType:
         """
         return items if isinstance(items, dict) else torch.utils.data.default_collate(items)
 
+    def draw(self, inputs: dict, generator: torch.Generator | None) -> dict:
+        """The randomness a batch's loss needs beyond its examples (diffusion: noise and timesteps), added to ``inputs``.
+
+        Called as batches are collated: with the run's generator for training (shuffled)
+        loaders, so a run is reproducible, and with ``None`` for unshuffled ones, where
+        a task draws per example (from its index) so the result does not depend on the
+        batch. Students and teachers then see the same draw. The default draws nothing.
+        """
+        return inputs
+
+    def generation_positions(self, part) -> np.ndarray:
+        """Positions within an evaluated part (a dataset with ``data`` and ``indices``) whose :attr:`generated`
+        columns are recorded; the default is every example."""
+        return np.arange(len(part))
+
     # --- model ------------------------------------------------------------------------
     def model_kwargs(self) -> dict:
         """What architecture builders need to know about the task (e.g. ``num_labels``)."""
@@ -90,6 +111,15 @@ class TaskType:
     def loss(self, logits: torch.Tensor, inputs: dict) -> torch.Tensor:
         """The task loss per example, shape ``[batch]`` (for sequences: the mean NLL of its target tokens)."""
         raise NotImplementedError
+
+    def incompetent(self, model: torch.nn.Module) -> torch.nn.Module:
+        """A model that knows nothing of the task, made from a fresh model of the family (Bad-T's incompetent teacher).
+
+        The default is the fresh model itself (a random head on a pretrained backbone);
+        a task whose fresh model is already competent (a pretrained diffusion model)
+        re-initialises what it must.
+        """
+        return model
 
     def distill(self, student: torch.Tensor, teacher: torch.Tensor, inputs: dict, temperature: float = 1.0) -> torch.Tensor:
         """KL(teacher ‖ student) of softened outputs, averaged over what the task predicts (Bad-T, SCRUB).
