@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from fixtures import FIXTURES
+from fixtures import DATA_FIXTURES
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 # Tiny models are published here under their real hub ids (tests/fixtures/hub.py); set before
@@ -86,7 +86,7 @@ def task_data(tmp_path_factory):
     def get(task):
         if task not in built:
             root = tmp_path_factory.mktemp(task)
-            make, publish = FIXTURES[task]
+            make, publish = DATA_FIXTURES[task]
             built[task] = make(root / "data")
             publish(task)
         return built[task]

@@ -5,12 +5,12 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pytest
-from fixtures import FIXTURES, text
+from fixtures import DATA_FIXTURES, text
 
 from mubench.errors import UserError
 
 
-@pytest.mark.parametrize("task", FIXTURES)
+@pytest.mark.parametrize("task", DATA_FIXTURES)
 def test_mubench_data_passes_on_every_fixture(task, task_data, cli):
     done = cli("data", task, "--data-dir", task_data(task))
     assert done.returncode == 0, done.stdout + done.stderr
