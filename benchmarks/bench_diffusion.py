@@ -94,6 +94,7 @@ def publish_sd14() -> None:
     tok.save_pretrained(folder / "tokenizer")
     PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True, set_alpha_to_one=False,
                   steps_offset=1).save_pretrained(folder / "scheduler")
+    diffusion.mark_clip_sample_off(folder / "scheduler")
     (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
 
 
