@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
+from report import ratio_line, sync  # noqa: E402
 
 from mubench.api.registry import Registry  # noqa: E402
 from mubench.evaluation import Evaluator  # noqa: E402
@@ -97,10 +98,6 @@ def publish_sd14() -> None:
     diffusion.mark_clip_sample_off(folder / "scheduler")
     (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
 
-
-def sync(device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def harness_generation(evaluator: Evaluator, model, data, n: int) -> tuple[float, torch.Tensor]:
@@ -182,11 +179,6 @@ def embed(model, prompts):
     return (model if hasattr(model, "embed") else model.base_model.model).embed(prompts)
 
 
-def line(name: str, ratios: list[float], target: float, extra: str) -> str:
-    median = statistics.median(ratios)
-    spread = f"{min(ratios):.3f}–{max(ratios):.3f}"
-    return f"{name:<28} {median:>7.3f} {spread:>13}  {extra}  {'ok' if median <= target else 'OVER TARGET'} (≤ {target})"
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -241,10 +233,10 @@ def main() -> None:
         speeds["p_step"].append(steps_p / theirs)
     memory = f", peak {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if device.type == "cuda" else ""
     med = {k: statistics.median(v) for k, v in speeds.items()}
-    print(f"{'what':<28} {'ratio':>7} {'spread':>13}  (harness time / plain time, per round)")
-    print(line("generation (images)", generation, GENERATION_TARGET,
+    print(f"{'what':<34} {'ratio':>7} {'spread':>13}  (harness time / plain time, per round)")
+    print(ratio_line("generation (images)", generation, GENERATION_TARGET,
                f"harness {med['h_img']:.2f} img/s, pipeline {med['p_img']:.2f} img/s{memory}"))
-    print(line("unlearning (NegGrad steps)", unlearning, UNLEARN_TARGET,
+    print(ratio_line("unlearning (NegGrad steps)", unlearning, UNLEARN_TARGET,
                f"harness {med['h_step']:.2f} steps/s, plain {med['p_step']:.2f} steps/s"))
     print("per-round ratios: generation " + " ".join(f"{r:.3f}" for r in generation)
           + "; unlearning " + " ".join(f"{r:.3f}" for r in unlearning))

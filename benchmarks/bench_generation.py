@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from report import ratio_line, sync  # noqa: E402
 
 from mubench.api.registry import Registry  # noqa: E402
 from mubench.evaluation import Evaluator  # noqa: E402
@@ -81,10 +82,6 @@ def real_size_setup(root: Path) -> dict:
     (root / "biofact" / "biofact.jsonl").write_text("\n".join(json.dumps(p) for p in people))
     return {"samsum": root / "samsum", "biofact": root / "biofact"}
 
-
-def sync(device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def harness_generation(evaluator: Evaluator, model, data) -> tuple[float, list[str]]:
@@ -166,11 +163,6 @@ def plain_unlearning(prepared, model, args, device, precision) -> tuple[float, i
     return time.perf_counter() - start, steps
 
 
-def line(name: str, ratios: list[float], target: float, extra: str) -> str:
-    median = statistics.median(ratios)
-    spread = f"{min(ratios):.3f}–{max(ratios):.3f}"
-    return f"{name:<34} {median:>7.3f} {spread:>13}  {extra}  {'ok' if median <= target else 'OVER TARGET'} (≤ {target})"
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -214,7 +206,7 @@ def main() -> None:
             plain_times.append(plain)
         memory = f", peak {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB" if device.type == "cuda" else ""
         rate = tokens / statistics.median(plain_times)
-        print(line(f"{task_name} generate ({n_params / 1e6:.0f}M)", ratios, GENERATION_TARGET,
+        print(ratio_line(f"{task_name} generate ({n_params / 1e6:.0f}M)", ratios, GENERATION_TARGET,
                    f"{rate:,.0f} new tokens/s plain, {rate / statistics.median(ratios):,.0f} harness, "
                    f"{min(same):.0%} identical{memory}"))
 
@@ -232,7 +224,7 @@ def main() -> None:
             ratios.append(seconds / plain)
             steps_rate.append(steps / seconds)
         memory = f", peak {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB" if device.type == "cuda" else ""
-        print(line(f"{task_name} neggrad ({steps} steps)", ratios, UNLEARN_TARGET,
+        print(ratio_line(f"{task_name} neggrad ({steps} steps)", ratios, UNLEARN_TARGET,
                    f"{statistics.median(steps_rate):.1f} steps/s harness{memory}"))
 
 
