@@ -340,7 +340,7 @@ class TextToImageTask(ClassificationTask):
 
     def clip(self, device):
         """The card's open_clip model and tokenizer (``generation.clip``: ``model``, ``pretrained``, optional ``config``)."""
-        return _clip(json_key(self.settings["clip"]), str(self.card.path.parent), device)
+        return _clip(tuple(sorted(self.settings["clip"].items())), str(self.card.path.parent), device)
 
     def fid_features(self, device):
         """The card's FID feature extractor (``generation.fid``: a torchvision ImageNet model, its penultimate layer)."""
@@ -352,12 +352,10 @@ class TextToImageTask(ClassificationTask):
         return _classifier(self.settings["classifier"]["name"], self.settings["classifier"]["weights"], device)
 
 
-def json_key(mapping: dict) -> tuple:
-    return tuple(sorted(mapping.items()))
-
-
 @functools.cache
 def _clip(spec: tuple, base: str, device):
+    """An open_clip model and tokenizer, loaded once per process: ``spec`` is the card's ``clip`` items; ``config`` and a
+    ``pretrained`` file are read relative to ``base`` (the card's folder), any other ``pretrained`` is open_clip's tag."""
     import open_clip
 
     spec = dict(spec)
@@ -384,6 +382,8 @@ def _penultimate(model: nn.Module) -> nn.Module:
 
 @functools.cache
 def _classifier(name: str, weights: str, device):
+    """A torchvision ImageNet model with its named weights (read from torch hub's cache, else downloaded) and their
+    preprocessing, loaded once per process."""
     import torchvision
 
     try:

@@ -291,3 +291,25 @@ def test_frechet_distance_has_known_answers():
     covariance = np.cov(a, rowvar=False)
     assert frechet_distance(a, 2 * a) == pytest.approx(np.sum(a.mean(0) ** 2) + np.trace(covariance), rel=1e-6)
     assert np.isnan(frechet_distance(a[:1], a))
+
+
+def test_the_cards_clip_model_loads_from_the_hub_by_its_pretrained_tag(t2i_registry):
+    """The real card's CLIP (ViT-B-32, ``laion2b_s34b_b79k``) resolves through open_clip's tag to its hub repo: random
+    weights published at ``laion/CLIP-ViT-B-32-laion2B-s34B-b79K`` are the ones loaded."""
+    import open_clip
+    import safetensors.torch
+    from fixtures.hub import snapshot
+
+
+    with torch.random.fork_rng():
+        torch.manual_seed(3)
+        published = open_clip.create_model("ViT-B-32", pretrained=None)
+    weights = {k: v.to(torch.float16).contiguous() for k, v in published.state_dict().items()}
+    safetensors.torch.save_file(weights, snapshot("laion/CLIP-ViT-B-32-laion2B-s34B-b79K") / "open_clip_model.safetensors")
+    card = t2i_registry.card("tiny_imagenet")
+    task = t2i_registry.task_type(card)
+    assert task.settings["clip"] == {"model": "ViT-B-32", "pretrained": "laion2b_s34b_b79k"}
+    model, tokenizer = task.clip(torch.device("cpu"))
+    loaded = model.state_dict()["visual.conv1.weight"]
+    assert torch.equal(loaded, weights["visual.conv1.weight"].float())
+    assert tokenizer(["a photo of a goldfish"]).shape == (1, 77)
