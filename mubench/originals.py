@@ -84,17 +84,22 @@ def original_entry(card, family: Family, data_sha256: str, fix: str) -> CacheEnt
                       f"cached original model of {card.name}/{family.name}", fix, manifest=SIDECAR)
 
 
-def load_checkpoint(model: torch.nn.Module, weights: Path, family: Family, sidecar: dict | None = None) -> dict:
-    """Load ``weights`` into ``model``; returns its sidecar (``sidecar``, else the file beside it, else empty).
+def load_checkpoint(model: torch.nn.Module, weights: Path, family: Family) -> dict:
+    """Load ``weights`` into ``model``; returns the sidecar beside it (empty if none).
 
     A sidecar that records the weights' SHA-256 is checked against the file first.
     """
-    if sidecar is None:
-        path = weights.with_name(SIDECAR)
-        sidecar = read_json(path, "checkpoint sidecar") if path.is_file() else {}
+    path = weights.with_name(SIDECAR)
+    sidecar = read_json(path, "checkpoint sidecar") if path.is_file() else {}
     recorded = sidecar.get("files", {}).get(weights.name) if isinstance(sidecar.get("files"), dict) else None
     if recorded is not None and sha256_file(weights) != recorded:
         raise UserError(f"checkpoint {weights} does not match the SHA-256 in its sidecar {SIDECAR} (edited or corrupted)")
+    load_weights(model, weights, family)
+    return sidecar
+
+
+def load_weights(model: torch.nn.Module, weights: Path, family: Family) -> None:
+    """Load a safetensors file, already verified, into ``model``; one line where it does not fit."""
     try:
         missing, unexpected = safetensors.torch.load_model(model, str(weights), strict=False)
     except (OSError, safetensors.SafetensorError, RuntimeError) as e:
@@ -103,7 +108,6 @@ def load_checkpoint(model: torch.nn.Module, weights: Path, family: Family, sidec
     if missing or unexpected:
         raise UserError(f"checkpoint {weights} does not fit model '{family.name}': "
                         f"missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}")
-    return sidecar
 
 
 def checkpoint_file(source: str) -> Path:
@@ -175,7 +179,7 @@ def resolve_original(card, family: Family, train, test, data_sha256: str, evalua
         if sidecar is not None:
             log.info("original model: cached at %s", entry.folder)
             model = family.build()
-            load_checkpoint(model, entry.folder / WEIGHTS, family, sidecar)
+            load_weights(model, entry.folder / WEIGHTS, family)  # entry.read() hashed them
             return Original(model.to(device), sidecar, str(entry.folder))
         log.info("original model: training %s on %s (%d examples)", family.name, card.name, len(train))
         start = time.perf_counter()

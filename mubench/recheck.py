@@ -19,7 +19,7 @@ from mubench.files import sha256_file
 from mubench.harness import Prepared
 from mubench.loop import resolve_device, resolve_precision
 from mubench.lora import LoraSpec, apply_lora
-from mubench.originals import load_checkpoint
+from mubench.originals import load_weights
 from mubench.results import load_result, validate_result
 from mubench.splits import indices_sha256
 
@@ -108,7 +108,7 @@ def verify(path: Path, registry, tolerance: float = 1e-6, device: str = "cpu", d
     peft = result["config"]["peft"]
     if peft is not None:
         model, _ = apply_lora(model, LoraSpec(rank=peft["rank"], alpha=peft["alpha"], dropout=peft["dropout"]))
-    load_checkpoint(model, weights, prepared.family, {"files": {weights.name: saved["sha256"]}})
+    load_weights(model, weights, prepared.family)  # hashed above
     target = resolve_device(device)
     model.to(target)
     evaluator = Evaluator.for_card(prepared.card, prepared.task, prepared.metrics, target,
