@@ -49,6 +49,12 @@ class CacheEntry:
         self.folder, self.what, self.fix, self.manifest = Path(folder), what, fix, manifest
         self.identity = json.loads(json.dumps(identity, sort_keys=True, default=str))  # as its manifest will read back
 
+    @classmethod
+    def under(cls, parent: Path, identity: dict, what: str, fix: str, manifest: str = "manifest.json", prefix: str = "") -> CacheEntry:
+        """The entry for ``identity`` in ``parent``, its folder named ``<prefix><16 hex digits of the identity's hash>``."""
+        key = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return cls(Path(parent) / f"{prefix}{key}", identity, what, fix, manifest)
+
     @contextlib.contextmanager
     def locked(self):
         """Hold the entry's lock: the one process that builds it; the others wait, then read what it made."""

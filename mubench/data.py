@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import logging
 import sys
 from dataclasses import dataclass, field
@@ -191,9 +190,8 @@ def preprocessed(task, split, role: str, data_sha256: str, card_name: str):
     from mubench.files import mubench_home
 
     identity = {"card": card_name, "role": role, "data": data_sha256, "task": task.preprocess_key(), "format": PREPROCESS_FORMAT}
-    key = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    entry = CacheEntry(mubench_home() / "preprocessed" / card_name / f"{role}-{key}", identity,
-                       f"preprocessed {role} split of {card_name}", "it is rebuilt")
+    entry = CacheEntry.under(mubench_home() / "preprocessed" / card_name, identity, f"preprocessed {role} split of {card_name}",
+                             "it is rebuilt", prefix=f"{role}-")
     file_name = f"{role}.arrow"
 
     def build(folder: Path) -> dict:

@@ -93,7 +93,7 @@ class Evaluator:
         columns are recorded on the sample :meth:`TaskType.generation_positions` picks.
         """
         records, values = {}, {}
-        generated = self.needs & (self.task.generated | self.task.sample_records)
+        generated = self.needs & self.task.generated
         for part in parts:
             examples = data.part(part, max_size=self.max_sizes.get(part))
             loader = data.loader_of(examples, self.batch_size)

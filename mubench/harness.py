@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import hashlib
-import json
 import logging
 import math
 import random
@@ -295,7 +293,7 @@ def run(config: RunConfig, registry: Registry | None = None) -> tuple[dict, Path
     if plan.method_cls.name == "retrain":
         entry = reference_entry(result, plan)
         with entry.locked():
-            entry.commit(lambda folder: write_json(folder / REFERENCE, result) or {})
+            store_reference(entry, result)
     elif config.reference == "retrain":
         retrained = retrained_reference(result, plan)
         result["reference"] = reference_block(result, retrained, plan.prepared.task.metric)
@@ -341,9 +339,13 @@ def reference_entry(result: dict, plan: Plan) -> CacheEntry:
     identity = {"card": result["task_card"]["sha256"], "model": plan.prepared.family.spec, "split": result["split"],
                 "seed": plan.seed, "device": plan.device.type, "precision": plan.precision, "peft": result["config"]["peft"],
                 "time_budget": plan.budget_setting}
-    digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    return CacheEntry(mubench_home() / "references" / result["task"] / result["model"] / digest, identity,
-                      f"cached reference (retrain) of {result['task']}/{result['model']}", "it is recomputed")
+    return CacheEntry.under(mubench_home() / "references" / result["task"] / result["model"], identity,
+                            f"cached reference (retrain) of {result['task']}/{result['model']}", "it is recomputed")
+
+
+def store_reference(entry: CacheEntry, retrained: dict) -> None:
+    """Commit a retrain run's result as its cell's reference (the caller holds the entry's lock)."""
+    entry.commit(lambda folder: write_json(folder / REFERENCE, retrained) or {})
 
 
 def retrained_reference(result: dict, plan: Plan) -> dict:
@@ -355,7 +357,7 @@ def retrained_reference(result: dict, plan: Plan) -> dict:
             retrain = resolve(dataclasses.replace(plan.config, method="retrain", method_args={}, reference=None, save_model=False),
                               plan.prepared.registry)
             retrained, model, samples = execute(retrain)
-            entry.commit(lambda folder: write_json(folder / REFERENCE, retrained) or {})
+            store_reference(entry, retrained)
             emit(retrain, retrained, model, samples)
         return read_json(entry.folder / REFERENCE, "cached reference")
 

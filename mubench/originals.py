@@ -8,8 +8,6 @@ against its sidecar's identity and SHA-256 on every load.
 from __future__ import annotations
 
 import datetime
-import hashlib
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -79,9 +77,8 @@ def original_entry(card, family: Family, data_sha256: str, fix: str) -> CacheEnt
     identity = {"task": card.name, "model": family.name, "spec": family.spec, "dataset": card.dataset,
                 "recipe": card.data["train"], "data_sha256": data_sha256,
                 "original_seed": int(card.data["train"].get("seed", 0)), "mubench_version": __version__}
-    key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
-    return CacheEntry(mubench_home() / "originals" / card.name / family.name / key, identity,
-                      f"cached original model of {card.name}/{family.name}", fix, manifest=SIDECAR)
+    return CacheEntry.under(mubench_home() / "originals" / card.name / family.name, identity,
+                            f"cached original model of {card.name}/{family.name}", fix, manifest=SIDECAR)
 
 
 def load_checkpoint(model: torch.nn.Module, weights: Path, family: Family) -> dict:

@@ -25,8 +25,8 @@ class TaskType:
     card may select. ``generated`` names those of them that come from generating
     (images from class prompts): the evaluator asks for them only on the examples
     :meth:`generation_positions` picks in each part, not on every example.
-    ``sample_records`` are generated columns kept for people to look at (images and
-    their prompts), saved beside the result.
+    ``sample_records`` are those generated columns kept for people to look at (images
+    and their prompts), saved beside the result; they must be among ``generated``.
     """
 
     name: ClassVar[str]
