@@ -1,4 +1,4 @@
-"""The ``mubench`` command: ``run``, ``train``, ``list``, ``data``, ``validate`` and ``verify``.
+"""The ``mubench`` command: ``run``, ``sweep``, ``train``, ``list``, ``data``, ``validate`` and ``verify``.
 
 Errors in what the user gave (a name, an argument, a card, a result, a cache entry
 that fails verification) are one line on stderr and exit code 2; nothing is
@@ -120,6 +120,25 @@ def build_parser() -> Parser:
                           help="do not read the task's data to re-draw the deletion set (checks that need it are skipped)")
     validate.add_argument("--data-dir", type=Path, metavar="DIR", help="a local copy of the task's dataset")
 
+    sweep = sub.add_parser("sweep", help="run every task × model × method × ratio × seed of a sweep, resumably",
+                           description="A sweep file (YAML: tasks, models, methods, ratios, seeds, method_args, reference, "
+                                       "output, device, executor, ray) or the same keys as flags, which replace the file's.")
+    sweep.add_argument("action", choices=["plan", "run"], help="plan: list the cells and what is done; run: run what is missing")
+    sweep.add_argument("file", nargs="?", type=Path, help="the sweep file")
+    sweep.add_argument("--tasks", type=names, metavar="T,...")
+    sweep.add_argument("--models", type=names, metavar="M,...", help="model families (default: each task's default)")
+    sweep.add_argument("--methods", type=names, metavar="M,...")
+    sweep.add_argument("--ratios", type=axis(float), metavar="R,...|all", help="deletion ratios, or 'all' of each card's")
+    sweep.add_argument("--seeds", type=axis(int), metavar="S,...|all", help="run seeds, or 'all' of each card's")
+    sweep.add_argument("--reference", choices=["retrain"], help="retrain first and add every cell's gap to it")
+    sweep.add_argument("--output-path", dest="output", metavar="DIR", help="where results go (default: results)")
+    sweep.add_argument("--executor", choices=["local", "ray"], help="local (default: in this process) or ray")
+    sweep.add_argument("--address", help="the Ray cluster to join (default: start a local one)")
+    sweep.add_argument("--device", help="auto, cpu or cuda")
+    sweep.add_argument("--precision", help="auto, bf16 or fp32")
+    sweep.add_argument("--include-path", dest="include_paths", action="append", metavar="DIR", help="extra folder of task cards")
+    sweep.add_argument("--data-dir", help="a local copy of the tasks' dataset")
+
     verify = sub.add_parser("verify", help="re-evaluate a result's saved unlearned weights and confirm its metrics")
     verify.add_argument("result", type=Path)
     verify.add_argument("--tolerance", type=float, default=1e-6, metavar="T",
@@ -128,6 +147,23 @@ def build_parser() -> Parser:
     verify.add_argument("--data-dir", type=Path, metavar="DIR", help="a local copy of the task's dataset")
     verify.add_argument("--device", default="cpu", help="cpu (default) or cuda; the result's own device to verify exactly")
     return parser
+
+
+def names(text: str) -> list[str]:
+    """``a,b,c``: a list of names."""
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def axis(kind):
+    """A sweep axis: ``all`` or values of ``kind`` separated by commas."""
+    def parse(text: str):
+        if text == "all":
+            return text
+        try:
+            return [kind(part) for part in text.split(",")]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected 'all' or {kind.__name__} values separated by commas, got {text!r}") from None
+    return parse
 
 
 def lora_spec(args):
@@ -283,6 +319,26 @@ def cmd_validate(args) -> int:
     return 2 if failed else 0
 
 
+def cmd_sweep(args) -> int:
+    from mubench.api.registry import Registry
+    from mubench.sweep import Sweep, cells, execute, plan_table, summary
+
+    flags = {key: getattr(args, key) for key in ("tasks", "models", "methods", "ratios", "seeds", "reference", "output", "executor",
+                                                 "device", "precision", "include_paths", "data_dir")}
+    if args.address:
+        flags["ray"] = {"address": args.address}
+    sweep = Sweep.read(args.file, flags)
+    registry = Registry(sweep.include_paths)
+    loaded = {}
+    planned = cells(sweep, registry, loaded)
+    if args.action == "plan":
+        print(plan_table(planned))
+        return 0
+    outcomes = execute(sweep, planned, registry, loaded)
+    print(summary(outcomes))
+    return 1 if any(outcome.state == "failed" for outcome in outcomes) else 0
+
+
 def cmd_verify(args) -> int:
     from mubench.api.registry import Registry
     from mubench.recheck import verify
@@ -296,7 +352,8 @@ def cmd_verify(args) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "train": cmd_train, "list": cmd_list, "data": cmd_data, "validate": cmd_validate, "verify": cmd_verify}
+COMMANDS = {"run": cmd_run, "train": cmd_train, "list": cmd_list, "data": cmd_data, "validate": cmd_validate, "verify": cmd_verify,
+            "sweep": cmd_sweep}
 
 
 def main(argv=None) -> int:

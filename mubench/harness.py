@@ -110,6 +110,7 @@ class Prepared:
         self.classes = self.test_rows = self.forgotten_rows = None  # class-wise deletion, drawn by load()
         self.registry, self.data_dir = registry, data_dir
         self.original_given, self.original_seed = original is not None, original_seed
+        self.loaded = False
 
     def read(self) -> dict:
         """Read the data and draw D_f; returns the raw splits."""
@@ -118,15 +119,22 @@ class Prepared:
         self.task.prepare(splits["train"])
         self.n_train, self.n_test = len(splits["train"]), len(splits["test"])
         self.data_sha256 = fingerprint(splits["train"])
-        strata = self.task.strata(splits["train"])
-        if self.classwise:
-            self.draw_classes(strata, self.task.strata(splits["test"]))
-        else:
-            self.forget = forget_indices(self.n_train, strata, self.ratio, self.card.split_seed)
+        self.strata = self.task.strata(splits["train"])
+        self.test_strata = self.task.strata(splits["test"]) if self.classwise else None
+        self.draw()
         return splits
 
+    def draw(self) -> None:
+        """Draw D_f from the training split's strata: the ratio's stratified sample, or whole classes."""
+        if self.classwise:
+            self.draw_classes(self.strata, self.test_strata)
+        else:
+            self.forget = forget_indices(self.n_train, self.strata, self.ratio, self.card.split_seed)
+
     def load(self) -> None:
-        """Read the data, draw D_f, and preprocess (cached) and encode the splits."""
+        """Read the data, draw D_f, and preprocess (cached) and encode the splits; nothing when already loaded."""
+        if self.loaded:
+            return
         splits = self.read()
         if self.task.preprocesses:
             splits = {"train": preprocessed(self.task, splits["train"], "train", self.data_sha256, self.card.name),
@@ -136,6 +144,14 @@ class Prepared:
         if shifted is not None and self.task.preprocesses:
             shifted = preprocessed(self.task, shifted, "shifted", fingerprint(shifted), self.card.name)
         self.shifted = None if shifted is None else self.task.encode(shifted)
+        self.loaded = True
+
+    def reuse(self, other: Prepared) -> None:
+        """Take the data ``other`` loaded (same task, family and data source) and draw this run's D_f from it."""
+        for name in ("task", "family", "n_train", "n_test", "data_sha256", "strata", "test_strata", "train", "test", "shifted"):
+            setattr(self, name, getattr(other, name))
+        self.draw()
+        self.loaded = True
 
     def draw_classes(self, train_strata, test_strata) -> None:
         """Class-wise deletion: D_f is every training example of the chosen classes; D_test splits into their
@@ -215,10 +231,21 @@ class Plan:
     evaluator: Evaluator
 
 
-def resolve(config: RunConfig, registry: Registry) -> Plan:
-    """Stage 1: the card, model family, method, hyperparameters, device, seed and metrics; every user error here."""
+def resolve(config: RunConfig, registry: Registry, loaded: dict | None = None) -> Plan:
+    """Stage 1: the card, model family, method, hyperparameters, device, seed and metrics; every user error here.
+
+    ``loaded`` keeps the data that earlier runs of this process loaded (a sweep's
+    worker), keyed by task, family and data source: a run on the same data reuses it
+    and only draws its own D_f.
+    """
     prepared = Prepared(registry, config.task, config.model, config.deletion_ratio, config.data_dir, config.original,
                         config.split_seed, config.original_seed)
+    if loaded is not None:
+        key = (config.task, config.model, config.original, config.split_seed, config.original_seed, str(config.data_dir))
+        if key in loaded and loaded[key].loaded:
+            prepared.reuse(loaded[key])
+        else:
+            loaded[key] = prepared
     card, task = prepared.card, prepared.task
     method_cls = registry.method(config.method)
     sources = {}
@@ -267,8 +294,8 @@ def execute(plan: Plan) -> tuple[dict, torch.nn.Module, dict]:
 
     t0 = time.perf_counter()
     data = prepared.data(plan.device)
-    samples = {"original": {}, "unlearned": {}}
-    before = assess(evaluator, original.model, data, samples=samples["original"])
+    before, original_samples = assess_original(plan, original, data)
+    samples = {"original": original_samples, "unlearned": {}}
     eval_s = time.perf_counter() - t0
 
     ctx, report, budget, peft = unlearn(plan, original)
@@ -282,13 +309,66 @@ def execute(plan: Plan) -> tuple[dict, torch.nn.Module, dict]:
     return result, ctx.model, samples
 
 
-def run(config: RunConfig, registry: Registry | None = None) -> tuple[dict, Path]:
+def evaluation_entry(plan: Plan, original) -> CacheEntry:
+    """The cache entry of θ₀'s evaluation: keyed by everything its numbers depend on, never by the run seed."""
+    prepared, evaluator = plan.prepared, plan.evaluator
+    identity = {"card": prepared.card.sha256, "model": prepared.family.spec, "data_sha256": prepared.data_sha256,
+                "original": original.fingerprint, "forget_sha256": indices_sha256(prepared.forget),
+                "metrics": [m.name for m in evaluator.metrics], "batch_size": evaluator.batch_size, "max_sizes": evaluator.max_sizes,
+                "attack_seed": evaluator.seed, "max_samples": evaluator.max_samples, "device": plan.device.type,
+                "precision": plan.precision, "mubench_version": __version__}
+    return CacheEntry.under(mubench_home() / "evaluations" / prepared.card.name / prepared.family.name, identity,
+                            f"cached evaluation of the original model of {prepared.card.name}/{prepared.family.name}", "it is recomputed")
+
+
+def assess_original(plan: Plan, original, data: UnlearningData) -> tuple[dict, dict]:
+    """θ₀'s metrics and attacks (and the samples a generative task made): cached, since every run seed shares them."""
+    entry = evaluation_entry(plan, original)
+    with entry.locked():
+        manifest = entry.read_or_discard()
+        if manifest is not None:
+            log.info("original model: evaluation cached at %s", entry.folder)
+            return read_evaluation(entry.folder, manifest)
+        samples = {}
+        before = assess(plan.evaluator, original.model, data, samples=samples)
+        entry.commit(lambda folder: write_evaluation(folder, before, samples))
+    return before, samples
+
+
+def write_evaluation(folder: Path, metrics: dict, samples: dict) -> dict:
+    """Metrics (NaN as null) in the manifest; sample columns of text in it too, arrays (images) in ``samples.npz``."""
+    texts, arrays = {}, {}
+    for part, columns in samples.items():
+        for key, values in columns.items():
+            if all(isinstance(v, str) for v in values):
+                texts.setdefault(part, {})[key] = list(values)
+            else:
+                arrays[f"{part}/{key}"] = np.stack([np.asarray(v) for v in values])
+    if arrays:
+        with open(folder / "samples.npz", "wb") as f:
+            np.savez(f, **arrays)
+    return {"metrics": finite(metrics), "sample_texts": texts}
+
+
+def read_evaluation(folder: Path, manifest: dict) -> tuple[dict, dict]:
+    """What :func:`write_evaluation` stored: the metrics (null as NaN) and the samples."""
+    metrics = {key: math.nan if value is None else value for key, value in manifest["metrics"].items()}
+    samples = {part: dict(columns) for part, columns in manifest["sample_texts"].items()}
+    if (folder / "samples.npz").is_file():
+        with np.load(folder / "samples.npz", allow_pickle=False) as arrays:
+            for name in arrays.files:
+                part, key = name.split("/", 1)
+                samples.setdefault(part, {})[key] = list(arrays[name])
+    return metrics, samples
+
+
+def run(config: RunConfig, registry: Registry | None = None, loaded: dict | None = None) -> tuple[dict, Path]:
     """Unlearn and evaluate as ``config`` says; returns the result and the file it was written to.
 
     A ``retrain`` run is also cached as the reference of its cell; ``reference:
     retrain`` adds the gaps to that reference (retraining first where none is cached).
     """
-    plan = resolve(config, registry or Registry(config.include_paths))
+    plan = resolve(config, registry or Registry(config.include_paths), loaded)
     result, model, samples = execute(plan)
     if plan.method_cls.name == "retrain":
         entry = reference_entry(result, plan)

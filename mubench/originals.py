@@ -65,6 +65,7 @@ class Original:
     model: torch.nn.Module
     sidecar: dict
     source: str
+    fingerprint: str  # names these weights: a hash of them (or of their manifest), or the hub id they come from
 
 
 def original_entry(card, family: Family, data_sha256: str, fix: str) -> CacheEntry:
@@ -88,11 +89,16 @@ def load_checkpoint(model: torch.nn.Module, weights: Path, family: Family) -> di
     """
     path = weights.with_name(SIDECAR)
     sidecar = read_json(path, "checkpoint sidecar") if path.is_file() else {}
-    recorded = sidecar.get("files", {}).get(weights.name) if isinstance(sidecar.get("files"), dict) else None
+    recorded = recorded_sha256(sidecar, weights.name)
     if recorded is not None and sha256_file(weights) != recorded:
         raise UserError(f"checkpoint {weights} does not match the SHA-256 in its sidecar {SIDECAR} (edited or corrupted)")
     load_weights(model, weights, family)
     return sidecar
+
+
+def recorded_sha256(sidecar: dict, name: str) -> str | None:
+    """The SHA-256 a sidecar records for its file ``name``, if any."""
+    return sidecar.get("files", {}).get(name) if isinstance(sidecar.get("files"), dict) else None
 
 
 def load_weights(model: torch.nn.Module, weights: Path, family: Family) -> None:
@@ -162,14 +168,16 @@ def resolve_original(card, family: Family, train, test, data_sha256: str, evalua
     device = evaluator.device
     source = family.spec["original"]
     if source == "pretrained":  # the family's pretrained model itself, as MU-Bench takes Stable Diffusion v1.4
-        return Original(family.build().to(device), {}, f"pretrained {family.spec.get('params', {}).get('pretrained', family.name)}")
+        name = f"pretrained {family.spec.get('params', {}).get('pretrained', family.name)}"
+        return Original(family.build().to(device), {}, name, name)
     if source != "train":
         published = family.load_published(source)
         if published is not None:
-            return Original(published.to(device), {}, source)
+            return Original(published.to(device), {}, source, source)
         model = family.build()
-        sidecar = load_checkpoint(model, checkpoint_file(source), family)
-        return Original(model.to(device), sidecar, source)
+        weights = checkpoint_file(source)
+        sidecar = load_checkpoint(model, weights, family)
+        return Original(model.to(device), sidecar, source, recorded_sha256(sidecar, weights.name) or sha256_file(weights))
     entry = original_entry(card, family, data_sha256, fix)
     with entry.locked():
         sidecar = None if retrain_cache else entry.read()
@@ -177,7 +185,7 @@ def resolve_original(card, family: Family, train, test, data_sha256: str, evalua
             log.info("original model: cached at %s", entry.folder)
             model = family.build()
             load_weights(model, entry.folder / WEIGHTS, family)  # entry.read() hashed them
-            return Original(model.to(device), sidecar, str(entry.folder))
+            return Original(model.to(device), sidecar, str(entry.folder), sidecar["manifest_sha256"])
         log.info("original model: training %s on %s (%d examples)", family.name, card.name, len(train))
         start = time.perf_counter()
         model, stats = train_original(card, family, train, test, evaluator)
@@ -197,4 +205,4 @@ def resolve_original(card, family: Family, train, test, data_sha256: str, evalua
         }
         sidecar = entry.commit(lambda folder: safetensors.torch.save_model(model, str(folder / WEIGHTS)) or description)
     log.info("original model: trained in %.1fs, cached at %s", time.perf_counter() - start, entry.folder)
-    return Original(model, sidecar, str(entry.folder))
+    return Original(model, sidecar, str(entry.folder), sidecar["manifest_sha256"])

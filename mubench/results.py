@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import datetime
+import hashlib
+import json
 import math
 import platform
 import subprocess
@@ -22,12 +24,22 @@ PACKAGES = ("torch", "transformers", "datasets", "numpy", "scikit-learn", "safet
 
 def result_filename(result: dict) -> str:
     """``<task>__<model>__<method>__df<percent>__seed<seed>.json`` (with ``__split<N>``, ``__orig<N>`` for
-    ``--split-seed``, ``--original-seed``); a rerun replaces its file."""
+    ``--split-seed``, ``--original-seed``, and ``__args<hash>`` for method arguments given on the command line or
+    by a sweep); a rerun of the same configuration replaces its file."""
     config = result["config"]
-    varied = "".join(f"__{tag}{config[key]}" for key, tag in (("split_seed", "split"), ("original_seed", "orig")) if key in config)
-    classes = result["split"].get("forget_classes")
-    deleted = f"classes-{'+'.join(classes)}" if classes else f"df{config['deletion_ratio'] * 100:g}"
-    return f"{result['task']}__{result['model']}__{result['method']}__{deleted}__seed{config['seed']}{varied}.json"
+    given = {key: value for key, value in config["method_args"].items() if config["method_args_sources"].get(key) == "command line"}
+    return cell_filename(result["task"], result["model"], result["method"], config["deletion_ratio"], config["seed"],
+                         result["split"].get("forget_classes"), config.get("split_seed"), config.get("original_seed"), given)
+
+
+def cell_filename(task: str, model: str, method: str, ratio: float, seed: int, classes: list | None = None,
+                  split_seed: int | None = None, original_seed: int | None = None, given_args: dict | None = None) -> str:
+    """The result file name of one configuration (see :func:`result_filename`)."""
+    deleted = f"classes-{'+'.join(classes)}" if classes else f"df{ratio * 100:g}"
+    varied = "".join(f"__{tag}{value}" for tag, value in (("split", split_seed), ("orig", original_seed)) if value is not None)
+    if given_args:
+        varied += f"__args{hashlib.sha256(json.dumps(given_args, sort_keys=True).encode()).hexdigest()[:8]}"
+    return f"{task}__{model}__{method}__{deleted}__seed{seed}{varied}.json"
 
 
 def git_hash() -> str | None:
