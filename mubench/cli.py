@@ -1,4 +1,4 @@
-"""The ``mubench`` command: ``run``, ``sweep``, ``train``, ``list``, ``data``, ``validate`` and ``verify``.
+"""The ``mubench`` command: ``run``, ``sweep``, ``leaderboard``, ``train``, ``list``, ``data``, ``validate`` and ``verify``.
 
 Errors in what the user gave (a name, an argument, a card, a result, a cache entry
 that fails verification) are one line on stderr and exit code 2; nothing is
@@ -127,7 +127,7 @@ def build_parser() -> Parser:
     sweep.add_argument("file", nargs="?", type=Path, help="the sweep file")
     sweep.add_argument("--tasks", type=names, metavar="T,...")
     sweep.add_argument("--models", type=names, metavar="M,...", help="model families (default: each task's default)")
-    sweep.add_argument("--methods", type=names, metavar="M,...")
+    sweep.add_argument("--methods", type=lambda text: text if text == "all" else names(text), metavar="M,...|all")
     sweep.add_argument("--ratios", type=axis(float), metavar="R,...|all", help="deletion ratios, or 'all' of each card's")
     sweep.add_argument("--seeds", type=axis(int), metavar="S,...|all", help="run seeds, or 'all' of each card's")
     sweep.add_argument("--reference", choices=["retrain"], help="retrain first and add every cell's gap to it")
@@ -138,6 +138,13 @@ def build_parser() -> Parser:
     sweep.add_argument("--precision", help="auto, bf16 or fp32")
     sweep.add_argument("--include-path", dest="include_paths", action="append", metavar="DIR", help="extra folder of task cards")
     sweep.add_argument("--data-dir", help="a local copy of the tasks' dataset")
+
+    board = sub.add_parser("leaderboard", help="aggregate result files into a ranked leaderboard (JSON and a static page)")
+    board.add_argument("folders", nargs="+", type=Path, metavar="DIR", help="folders of result files (searched recursively)")
+    board.add_argument("--out", type=Path, default=Path("site"), metavar="DIR",
+                       help="where leaderboard.json and index.html go (default: site)")
+    board.add_argument("--no-data", action="store_true", help="do not read the tasks' data to re-draw each deletion set")
+    board.add_argument("--include-path", action="append", default=[], metavar="DIR")
 
     verify = sub.add_parser("verify", help="re-evaluate a result's saved unlearned weights and confirm its metrics")
     verify.add_argument("result", type=Path)
@@ -339,6 +346,21 @@ def cmd_sweep(args) -> int:
     return 1 if any(outcome.state == "failed" for outcome in outcomes) else 0
 
 
+def cmd_leaderboard(args) -> int:
+    from mubench.api.registry import Registry
+    from mubench.leaderboard import build, collect, write_site
+
+    registry = Registry(args.include_path)
+    board = build(*collect(args.folders, registry, read_data=not args.no_data), registry)
+    for problem in board["rejected"]:
+        print(f"mubench: skipped: {problem['error']}", file=sys.stderr)
+    index = write_site(board, args.out)
+    rows = sum(len(entry["rows"]) for entry in board["tasks"].values())
+    print(f"leaderboard: {board['n_results']} results in {rows} rows over {len(board['tasks'])} tasks"
+          + (f"; {len(board['rejected'])} files skipped" if board["rejected"] else "") + f"\npage: {index}")
+    return 0
+
+
 def cmd_verify(args) -> int:
     from mubench.api.registry import Registry
     from mubench.recheck import verify
@@ -353,7 +375,7 @@ def cmd_verify(args) -> int:
 
 
 COMMANDS = {"run": cmd_run, "train": cmd_train, "list": cmd_list, "data": cmd_data, "validate": cmd_validate, "verify": cmd_verify,
-            "sweep": cmd_sweep}
+            "sweep": cmd_sweep, "leaderboard": cmd_leaderboard}
 
 
 def main(argv=None) -> int:

@@ -34,7 +34,8 @@ from mubench.results import cell_filename
 log = logging.getLogger("mubench")
 
 STATE = ".sweep"  # inside the output folder: cell locks, failures and the journal
-KEYS = {"tasks": list, "models": (list, type(None)), "methods": list, "ratios": (list, str, type(None)), "seeds": (list, str, type(None)),
+KEYS = {"tasks": list, "models": (list, type(None)), "methods": (list, str), "ratios": (list, str, type(None)),
+        "seeds": (list, str, type(None)),
         "method_args": dict, "reference": (str, type(None)), "output": str, "device": str, "precision": str, "executor": str,
         "ray": dict, "time_budget": (str, int, float), "include_paths": list, "data_dir": (str, type(None))}
 RAY_KEYS = {"address": (str, type(None)), "num_cpus": (int, float), "num_gpus": (int, float)}
@@ -45,7 +46,7 @@ class Sweep:
     """A sweep file, read and checked: the grid's axes and how to run it."""
 
     tasks: list
-    methods: list
+    methods: list | str  # "all": every registered method (those that cannot run on a task are listed as n/a)
     models: list | None = None  # None: each task's default family
     ratios: list | str | None = None  # None: each card's default; "all": each card's ratios
     seeds: list | str | None = None  # None: each card's first seed; "all": each card's seeds
@@ -83,7 +84,7 @@ class Sweep:
         for key in ("tasks", "methods"):
             if not data.get(key):
                 raise UserError(f"{source}: key '{key}' is required (a list)")
-        for key in ("ratios", "seeds"):
+        for key in ("methods", "ratios", "seeds"):
             if isinstance(data.get(key), str) and data[key] != "all":
                 raise UserError(f"{source}: key '{key}' is a list or 'all', got {data[key]!r}")
         if data.get("executor", "local") not in ("local", "ray"):
@@ -119,7 +120,8 @@ class Cell:
 def cells(sweep: Sweep, registry: Registry, loaded: dict) -> list[Cell]:
     """The sweep's cells, retrain cells first (they are the others' reference); every user error in the grid here."""
     planned = []
-    methods = list(dict.fromkeys((["retrain"] if sweep.reference == "retrain" else []) + sweep.methods))
+    chosen = sorted(registry.methods) if sweep.methods == "all" else sweep.methods
+    methods = list(dict.fromkeys((["retrain"] if sweep.reference == "retrain" else []) + chosen))
     for task in sweep.tasks:
         card = registry.card(task)
         for model in sweep.models or [card.default_model]:
@@ -127,6 +129,10 @@ def cells(sweep: Sweep, registry: Registry, loaded: dict) -> list[Cell]:
                 classwise = card.data["deletion"].get("mode", "samples") == "classes"
                 ratios = [None] if classwise else card.ratios if sweep.ratios == "all" else sweep.ratios or [card.default_ratio]
                 seeds = card.seeds if sweep.seeds == "all" else sweep.seeds or [card.seeds[0]]
+                reason = registry.method(method).unsupported(registry.task_type(card))
+                if reason:  # one line for the method on this task, not one per cell
+                    planned.append(Cell(RunConfig(task=task, method=method, model=model), f"{task}__{model}__{method}", reason))
+                    continue
                 for ratio, seed, args in itertools.product(ratios, seeds, sweep.grid(method)):
                     config = RunConfig(task=task, method=method, model=model, deletion_ratio=ratio, seed=seed, method_args=args,
                                        device=sweep.device, precision=sweep.precision, time_budget=str(sweep.time_budget),
@@ -139,17 +145,13 @@ def cells(sweep: Sweep, registry: Registry, loaded: dict) -> list[Cell]:
 
 def plan_cell(config: RunConfig, registry: Registry, loaded: dict) -> Cell:
     """Resolve one cell (a user error stops the sweep) and name its result file; class-wise tasks read their data for it."""
-    method_cls = registry.method(config.method)
-    reason = method_cls.unsupported(registry.task_type(registry.card(config.task)))
-    if reason:
-        return Cell(config, f"{config.task}__{config.model}__{config.method}", applicable=reason)
     plan = resolve(config, registry, loaded)
     prepared = plan.prepared
     classes = None
     if prepared.classwise:
         prepared.load()
         classes = [prepared.task.label_names[i] for i in prepared.classes]
-    filename = cell_filename(prepared.card.name, prepared.family.name, method_cls.name, prepared.ratio, plan.seed, classes,
+    filename = cell_filename(prepared.card.name, prepared.family.name, plan.method_cls.name, prepared.ratio, plan.seed, classes,
                              given_args=config.method_args)
     return Cell(config, filename)
 

@@ -16,7 +16,7 @@ from mubench.errors import UserError, key_path, unknown_name
 
 @cache
 def schema(name: str) -> dict:
-    """A JSON Schema shipped in ``mubench/schemas`` (``task_card`` or ``result``)."""
+    """A JSON Schema shipped in ``mubench/schemas`` (``task_card``, ``result`` or ``leaderboard``)."""
     return json.loads(resources.files("mubench.schemas").joinpath(f"{name}.schema.json").read_text())
 
 

@@ -1,0 +1,332 @@
+"""The leaderboard: result files, validated, grouped into rows that are comparable, aggregated over seeds, ranked,
+and written as ``leaderboard.json`` (with its JSON Schema) and a static page that opens from the file system.
+
+A row is one task × model × method configuration on one deletion set: results are
+averaged over their run seeds only when everything else agrees (protocol, deletion
+ratio or classes, ``forget_sha256``, split and original seeds, the method arguments
+given, PEFT). Methods are ranked within each deletion set by MU-Bench's overall
+score (higher is better) and by Deep Unlearn's gap to the retrained model (lower is
+better).
+"""
+from __future__ import annotations
+
+import datetime
+import hashlib
+import html
+import json
+import math
+import shutil
+from pathlib import Path
+
+from mubench import __version__
+from mubench.api.card import schema_errors
+from mubench.errors import UserError
+from mubench.files import atomic_folder, write_json
+from mubench.recheck import recheck
+from mubench.results import load_result, mean_ci
+
+SCHEMA_VERSION = 1
+PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f", "#bcbd22")
+
+
+def collect(folders: list[Path], registry, read_data: bool = True) -> tuple[list[tuple[Path, dict]], list[dict]]:
+    """Every result file under ``folders``, validated as ``mubench validate`` does; the accepted and the rejected (with why)."""
+    accepted, rejected = [], []
+    for folder in folders:
+        folder = Path(folder)
+        if not folder.exists():
+            raise UserError(f"{folder}: no such folder")
+        for path in sorted(folder.rglob("*.json")) if folder.is_dir() else [folder]:
+            if any(part.startswith(".") for part in path.relative_to(folder).parts) or path.name == "leaderboard.json":
+                continue  # a sweep's own state, a built leaderboard
+            try:
+                recheck(path, registry, read_data=read_data)
+                accepted.append((path, load_result(path)))
+            except UserError as e:
+                rejected.append({"file": str(path), "error": str(e)})
+    return accepted, rejected
+
+
+def given_args(result: dict) -> dict:
+    """The method arguments a result's run was given (command line or sweep grid), not those it inherited."""
+    config = result["config"]
+    return {key: value for key, value in config["method_args"].items() if config["method_args_sources"].get(key) == "command line"}
+
+
+def row_key(result: dict) -> tuple:
+    """What must agree for results to be averaged: all but the run seed."""
+    config, split = result["config"], result["split"]
+    return (result["task"], result["model"], result["method"], config["protocol"], config["deletion_ratio"],
+            tuple(split.get("forget_classes", ())), split["forget_sha256"], split["split_seed"], config.get("original_seed"),
+            json.dumps(given_args(result), sort_keys=True), json.dumps(config["peft"], sort_keys=True))
+
+
+def summarise(values: list) -> dict | None:
+    """Mean, sample standard deviation, half-width of the 95% CI (Student's t; null for one value) and count."""
+    finite = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+    if not finite:
+        return None
+    mean, half = mean_ci(finite)
+    n = len(finite)
+    std = math.sqrt(sum((v - mean) ** 2 for v in finite) / (n - 1)) if n > 1 else None
+    return {"mean": mean, "std": std, "ci95": None if math.isnan(half) else half, "n": n}
+
+
+def row_values(results: list[dict]) -> dict:
+    """Each metric of the unlearned models, their unlearning time and, with a reference, the gaps to retraining."""
+    keys = list(dict.fromkeys(key for r in results for key in r["results"]["unlearned"]))
+    values = {key: summarise([r["results"]["unlearned"].get(key) for r in results]) for key in keys}
+    values["unlearn_s"] = summarise([r["times"]["unlearn_s"] for r in results])
+    if all("reference" in r for r in results):
+        values["deep_unlearn_score"] = summarise([r["reference"]["deep_unlearn_score"] for r in results])
+        for key in results[0]["reference"]["gap"]:
+            values[f"gap_{key}"] = summarise([r["reference"]["gap"].get(key) for r in results])
+    return {key: value for key, value in values.items() if value is not None}
+
+
+def competition_ranks(scores: list[float | None], higher_is_better: bool) -> list[int | None]:
+    """1, 2, 2, 4 ranking (ties share the better rank); None for a missing score."""
+    present = [s for s in scores if s is not None]
+    ranks = []
+    for score in scores:
+        if score is None:
+            ranks.append(None)
+        else:
+            ranks.append(1 + sum((other > score) if higher_is_better else (other < score) for other in present))
+    return ranks
+
+
+def rank(rows: list[dict]) -> None:
+    """Rank methods within each deletion set (same model, protocol, D_f and seeds of θ₀ and the split)."""
+    groups = {}
+    for row in rows:
+        groups.setdefault(row["deletion_set"], []).append(row)
+    for group in groups.values():
+        for field, key, higher in (("rank_overall", "overall_score", True), ("rank_gap", "deep_unlearn_score", False)):
+            scores = [row["values"].get(key, {}).get("mean") for row in group]
+            for row, place in zip(group, competition_ranks(scores, higher)):
+                row[field] = place
+
+
+def build(accepted: list[tuple[Path, dict]], rejected: list[dict], registry) -> dict:
+    """The aggregated, ranked leaderboard (see ``mubench/schemas/leaderboard.schema.json``)."""
+    grouped, seen = {}, {}
+    for path, result in accepted:
+        key, seed = row_key(result), result["config"]["seed"]
+        if (key, seed) in seen:  # the same run twice (copied into two folders): counted once
+            rejected = rejected + [{"file": str(path), "error": f"{path}: the same configuration and seed as {seen[key, seed]}"}]
+            continue
+        seen[key, seed] = path
+        grouped.setdefault(key, []).append((path, result))
+    tasks = {}
+    for key, members in sorted(grouped.items(), key=lambda item: (item[0][0], item[0][1], item[0][4], item[0][2])):
+        results = [result for _, result in members]
+        first = results[0]
+        card = registry.card(first["task"])
+        task_type = registry.task_type(card)
+        entry = tasks.setdefault(first["task"], {"task_type": card.task_type, "metric": task_type.metric, "modality": card.data["modality"],
+                                                 "card_sha256": card.sha256, "metrics": first["metrics"], "rows": []})
+        config, split = first["config"], first["split"]
+        deletion_set = hashlib.sha256(json.dumps([first["model"], config["protocol"], split["forget_sha256"], split["split_seed"],
+                                                  config.get("original_seed"), config["peft"]]).encode()).hexdigest()[:12]
+        entry["rows"].append({
+            "model": first["model"], "method": first["method"], "protocol": config["protocol"],
+            "deletion_ratio": config["deletion_ratio"], "forget_classes": split.get("forget_classes"),
+            "n_forget": split["n_forget"], "forget_sha256": split["forget_sha256"], "split_seed": split["split_seed"],
+            "original_seed": config.get("original_seed"), "method_args": given_args(first), "peft": config["peft"],
+            "deletion_set": deletion_set, "seeds": sorted(r["config"]["seed"] for r in results),
+            "files": [str(path) for path, _ in members], "values": row_values(results),
+            "samples": [dict(sample, file=str(members[0][0].parent / sample["file"])) for sample in first.get("samples", [])],
+        })
+    for entry in tasks.values():
+        rank(entry["rows"])
+    board = {"schema_version": SCHEMA_VERSION, "mubench_version": __version__,
+             "generated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+             "n_results": len(seen), "rejected": rejected, "tasks": tasks}
+    schema_errors(board, "leaderboard", "leaderboard.json")
+    return board
+
+
+# ---- the page ------------------------------------------------------------------------------------------------------
+
+def number(value: dict | None, digits: int = 4) -> str:
+    if value is None:
+        return "–"
+    text = f"{value['mean']:.{digits}f}"
+    return text + (f" ± {value['ci95']:.{digits}f}" if value.get("ci95") is not None else "")
+
+
+def label(row: dict) -> str:
+    """A row's method, with the arguments it was given: one line of a plot."""
+    args = ", ".join(f"{key}={value}" for key, value in row["method_args"].items())
+    return f"{row['method']} ({args})" if args else row["method"]
+
+
+def colours(rows: list[dict]) -> dict:
+    """A colour per method configuration, the same in the table and every plot of a task."""
+    return {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(sorted({label(row) for row in rows}))}
+
+
+def svg_plot(title: str, series: dict, colour: dict, x_label: str, y_label: str, lines: bool = True, log_x: bool = False) -> str:
+    """A small SVG chart: ``series`` maps a method to its (x, y) points, drawn as a line (or dots) in its colour."""
+    width, height, left, bottom, top, right = 460, 260, 56, 40, 28, 150
+    points = [p for values in series.values() for p in values]
+    if not points:
+        return ""
+    def tx(x):
+        return math.log10(x) if log_x else x
+    xs, ys = [tx(x) for x, _ in points], [y for _, y in points]
+    x0, x1 = min(xs), max(xs)
+    y0, y1 = min(ys), max(ys)
+    if x1 == x0:
+        x0, x1 = x0 - 1, x1 + 1
+    if y1 == y0:
+        y0, y1 = y0 - 0.5, y1 + 0.5
+    def px(x):
+        return left + (tx(x) - x0) / (x1 - x0) * (width - left - right)
+    def py(y):
+        return height - bottom - (y - y0) / (y1 - y0) * (height - bottom - top)
+    parts = [f'<svg class="plot" role="img" aria-label="{html.escape(title)}" width="{width}" height="{height}" '
+             f'viewBox="0 0 {width} {height}" xmlns="http://www.w3.org/2000/svg">',
+             f'<text x="{left}" y="16" class="title">{html.escape(title)}</text>',
+             f'<line x1="{left}" y1="{height - bottom}" x2="{width - right}" y2="{height - bottom}" class="axis"/>',
+             f'<line x1="{left}" y1="{top}" x2="{left}" y2="{height - bottom}" class="axis"/>',
+             f'<text x="{left}" y="{height - bottom + 14}" class="tick">{10 ** x0 if log_x else x0:.3g}</text>',
+             f'<text x="{width - right}" y="{height - bottom + 14}" class="tick" text-anchor="end">{10 ** x1 if log_x else x1:.3g}</text>',
+             f'<text x="{left - 4}" y="{height - bottom}" class="tick" text-anchor="end">{y0:.3g}</text>',
+             f'<text x="{left - 4}" y="{top + 8}" class="tick" text-anchor="end">{y1:.3g}</text>',
+             f'<text x="{(left + width - right) / 2}" y="{height - 6}" class="label" text-anchor="middle">{html.escape(x_label)}</text>',
+             f'<text x="12" y="{(top + height - bottom) / 2}" class="label" text-anchor="middle" '
+             f'transform="rotate(-90 12 {(top + height - bottom) / 2})">{html.escape(y_label)}</text>']
+    for k, (method, values) in enumerate(sorted(series.items())):
+        values = sorted(values)
+        if lines and len(values) > 1:
+            path = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in values)
+            parts.append(f'<polyline points="{path}" fill="none" stroke="{colour[method]}" stroke-width="1.5"/>')
+        for x, y in values:
+            parts.append(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="3" fill="{colour[method]}">'
+                         f'<title>{html.escape(method)}: {x:.3g}, {y:.4g}</title></circle>')
+        parts.append(f'<rect x="{width - right + 8}" y="{top + 14 * k}" width="10" height="10" fill="{colour[method]}"/>'
+                      f'<text x="{width - right + 22}" y="{top + 14 * k + 9}" class="tick">{html.escape(method)}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def task_section(name: str, entry: dict, images: dict) -> str:
+    """A task's table (sortable), its deletion-capacity curves, its metric-vs-time scatter and its samples."""
+    metric, rows = entry["metric"], entry["rows"]
+    colour = colours(rows)
+    columns = [f"test_{metric}", f"forget_{metric}", f"retain_{metric}", "overall_score", "deep_unlearn_score", "unlearn_s"]
+    columns += sorted({key for row in rows for key in row["values"] if not key.startswith("gap_")} - set(columns))
+    head = ["method", "model", "deletion", "seeds", "rank (overall)", "rank (gap)", *columns, "protocol", "forget_sha256"]
+    out = [f'<section id="task-{html.escape(name)}"><h2>{html.escape(name)}</h2>',
+           f'<p>{html.escape(entry["task_type"])} · {html.escape(entry["modality"])} · primary metric <code>{html.escape(metric)}</code> · '
+           f'card <code>{entry["card_sha256"][:12]}</code>. Ranks are within one deletion set (same <code>forget_sha256</code>); '
+           f'mean ± 95% CI over seeds. Click a column to sort.</p>',
+           '<table class="board"><thead><tr>' + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr></thead><tbody>"]
+    for row in rows:
+        deletion = "classes " + "+".join(row["forget_classes"]) if row["forget_classes"] else f"{row['deletion_ratio'] * 100:g}%"
+        cells = [f'<span style="color:{colour[label(row)]}">■</span> {html.escape(label(row))}',
+                 html.escape(row["model"]), deletion, str(len(row["seeds"])),
+                 str(row["rank_overall"] or "–"), str(row["rank_gap"] or "–"),
+                 *[number(row["values"].get(c), 2 if c == "unlearn_s" else 4) for c in columns],
+                 html.escape(row["protocol"]), f'<code title="{row["forget_sha256"]}">{row["forget_sha256"][:10]}</code>']
+        sort_keys = [label(row), row["model"], row["deletion_ratio"], len(row["seeds"]), row["rank_overall"], row["rank_gap"],
+                     *[row["values"].get(c, {}).get("mean") for c in columns], row["protocol"], row["forget_sha256"]]
+        out.append("<tr>" + "".join(f'<td data-sort="{html.escape(str("" if k is None else k))}">{c}</td>'
+                                    for c, k in zip(cells, sort_keys)) + "</tr>")
+    out.append("</tbody></table>")
+    plots = []
+    curves = {}
+    for row in rows:
+        if not row["forget_classes"]:
+            curves.setdefault((row["model"], row["protocol"], row["split_seed"], row["original_seed"]), []).append(row)
+    for (model, protocol, _, _), members in curves.items():
+        if len({row["deletion_ratio"] for row in members}) < 2:
+            continue
+        for part in ("test", "forget"):
+            series = {}
+            for row in members:
+                value = row["values"].get(f"{part}_{metric}")
+                if value is not None:
+                    series.setdefault(label(row), []).append((row["deletion_ratio"] * 100, value["mean"]))
+            plots.append(svg_plot(f"{model}: {part}_{metric} against deletion ratio", series, colour, "deleted (%)", f"{part}_{metric}"))
+    scatter = {}
+    for row in rows:  # on a log scale of time: rows that took none (the original) are left out
+        if row["values"].get("unlearn_s", {}).get("mean", 0) > 0 and f"test_{metric}" in row["values"]:
+            scatter.setdefault(label(row), []).append((row["values"]["unlearn_s"]["mean"], row["values"][f"test_{metric}"]["mean"]))
+    plots.append(svg_plot(f"test_{metric} against unlearning time", scatter, colour, "unlearn_s (log)", f"test_{metric}",
+                          lines=False, log_x=True))
+    out.append('<div class="plots">' + "".join(plots) + "</div>")
+    shown = [(row, sample) for row in rows for sample in row["samples"] if sample["file"] in images]
+    if shown:
+        out.append("<h3>Samples (first seed of each row)</h3><div class=\"samples\">")
+        for row, sample in shown:
+            out.append(f'<figure><img src="{html.escape(images[sample["file"]])}" alt="{html.escape(sample["prompt"])}" width="96">'
+                       f'<figcaption>{html.escape(row["method"])} · {html.escape(sample["model"])} · {html.escape(sample["part"])}'
+                       f'<br>{html.escape(sample["prompt"])}</figcaption></figure>')
+        out.append("</div>")
+    out.append("</section>")
+    return "\n".join(out)
+
+
+STYLE = """body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}table.board{border-collapse:collapse;font-size:12px;margin:.5em 0}
+th,td{border:1px solid #ccc;padding:2px 6px;text-align:right;white-space:nowrap}th{background:#f3f3f3;cursor:pointer}
+td:first-child,th:first-child{text-align:left}.plots{display:flex;flex-wrap:wrap;gap:8px}.plot .title{font-size:12px;font-weight:bold}
+.plot .tick{font-size:10px}.plot .label{font-size:11px}.plot .axis{stroke:#444}.samples{display:flex;flex-wrap:wrap;gap:6px}
+figure{margin:0;font-size:10px;width:110px}th.asc::after{content:" ▲"}th.desc::after{content:" ▼"}"""
+
+SORT_SCRIPT = """document.querySelectorAll("table.board").forEach(function (table) {
+  table.querySelectorAll("th").forEach(function (th, index) {
+    th.addEventListener("click", function () {
+      var ascending = !th.classList.contains("asc");
+      table.querySelectorAll("th").forEach(function (other) { other.classList.remove("asc", "desc"); });
+      th.classList.add(ascending ? "asc" : "desc");
+      var body = table.tBodies[0];
+      var rows = Array.prototype.slice.call(body.rows);
+      rows.sort(function (a, b) {
+        var x = a.cells[index].dataset.sort, y = b.cells[index].dataset.sort;
+        if (x === "" || y === "") { return (x === "") - (y === ""); }
+        var nx = Number(x), ny = Number(y);
+        var order = (!isNaN(nx) && !isNaN(ny)) ? nx - ny : x.localeCompare(y);
+        return ascending ? order : -order;
+      });
+      rows.forEach(function (row) { body.appendChild(row); });
+    });
+  });
+});"""
+
+
+def page(board: dict, images: dict) -> str:
+    """The static page: one section per task, every style and script inline (no server, no network)."""
+    rejected = "".join(f"<li><code>{html.escape(r['file'])}</code>: {html.escape(r['error'])}</li>" for r in board["rejected"])
+    links = " · ".join(f'<a href="#task-{html.escape(name)}">{html.escape(name)}</a>' for name in board["tasks"])
+    return "\n".join([
+        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">', "<title>mubench leaderboard</title>",
+        f"<style>{STYLE}</style></head><body>", "<h1>mubench leaderboard</h1>",
+        f"<p>{board['n_results']} results, mubench {html.escape(board['mubench_version'])}, built {html.escape(board['generated'])}. "
+        f"The data: <a href=\"leaderboard.json\">leaderboard.json</a>. Tasks: {links}</p>",
+        *(task_section(name, entry, images) for name, entry in board["tasks"].items()),
+        (f"<h2>Rejected files</h2><ul>{rejected}</ul>" if rejected else ""),
+        f"<script>{SORT_SCRIPT}</script>", "</body></html>"])
+
+
+def write_site(board: dict, out: Path) -> Path:
+    """``leaderboard.json``, ``index.html`` and the sample images they show, written into ``out`` as one unit."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "leaderboard.json").is_file())):
+        raise UserError(f"--out {out}: exists and is not a leaderboard built before; name a new folder")
+    with atomic_folder(out) as tmp:
+        images = {}
+        for entry in board["tasks"].values():
+            for row in entry["rows"]:
+                for sample in row["samples"]:
+                    source = Path(sample["file"])
+                    if source.is_file():
+                        name = f"samples/{hashlib.sha256(str(source).encode()).hexdigest()[:12]}-{source.name}"
+                        (tmp / "samples").mkdir(exist_ok=True)
+                        shutil.copyfile(source, tmp / name)
+                        images[sample["file"]] = name
+        write_json(tmp / "leaderboard.json", board)
+        (tmp / "index.html").write_text(page(board, images), encoding="utf-8")
+    return out / "index.html"

@@ -1,0 +1,171 @@
+"""The leaderboard: validated results grouped only when comparable, aggregated over seeds, ranked, written as JSON
+with its schema and as a static page that a real browser (headless Chromium) shows without errors."""
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+from scipy import stats
+
+from mubench.api.card import schema_errors
+from mubench.errors import UserError
+from mubench.leaderboard import build, collect, competition_ranks, summarise, write_site
+
+SEEDS = (42, 87, 21)
+
+
+@pytest.fixture(scope="session")
+def results_folder(run_digits, tmp_path_factory):
+    """finetune and neggrad on three seeds, original on one, neggrad on another deletion set (split seed 1), each with
+    the retrained reference; plus a tampered copy and a duplicate in a subfolder."""
+    folder = tmp_path_factory.mktemp("board_results")
+    for method, seeds, options in (("finetune", SEEDS, {}), ("neggrad", SEEDS[:2], {}), ("original", SEEDS[:1], {}),
+                                   ("neggrad", SEEDS[:1], {"split_seed": 1})):
+        for seed in seeds:
+            _, path = run_digits(method, seed=seed, reference="retrain", **options)
+            shutil.copy(path, folder / path.name)
+    other = folder / "submitted"
+    other.mkdir()
+    shutil.copy(folder / "digits__cnn__finetune__df5__seed42.json", other / "duplicate.json")
+    tampered = json.loads((folder / "digits__cnn__neggrad__df5__seed87.json").read_text())
+    tampered["results"]["unlearned"]["forget_acc"] = 1.5
+    (other / "tampered.json").write_text(json.dumps(tampered))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def board(results_folder, registry):
+    return build(*collect([results_folder], registry), registry)
+
+
+def rows_of(board, method, split_seed=0):
+    return [row for row in board["tasks"]["digits"]["rows"] if row["method"] == method and row["split_seed"] == split_seed]
+
+
+def test_rows_aggregate_seeds_with_mean_std_and_ci(board, results_folder):
+    [row] = rows_of(board, "finetune")
+    assert row["seeds"] == sorted(SEEDS) and len(row["files"]) == 3
+    values = [json.loads((results_folder / f"digits__cnn__finetune__df5__seed{s}.json").read_text())["results"]["unlearned"]["test_acc"]
+              for s in SEEDS]
+    summary = row["values"]["test_acc"]
+    assert summary["mean"] == pytest.approx(np.mean(values), abs=1e-12)
+    assert summary["std"] == pytest.approx(np.std(values, ddof=1), abs=1e-12)
+    assert summary["ci95"] == pytest.approx(stats.t.ppf(0.975, 2) * np.std(values, ddof=1) / math.sqrt(3), abs=1e-12)
+    assert summary["n"] == 3
+    assert {"overall_score", "deep_unlearn_score", "unlearn_s", "gap_test_acc"} <= set(row["values"])
+
+
+def test_different_deletion_sets_are_never_averaged_and_ranks_stay_within_one(board):
+    [default] = rows_of(board, "neggrad")
+    [other] = rows_of(board, "neggrad", split_seed=1)
+    assert default["forget_sha256"] != other["forget_sha256"] and default["deletion_set"] != other["deletion_set"]
+    assert default["seeds"] == sorted(SEEDS[:2]) and other["seeds"] == [42]
+    assert other["rank_overall"] == 1 and other["rank_gap"] == 1  # alone in its deletion set
+    group = [row for row in board["tasks"]["digits"]["rows"] if row["deletion_set"] == default["deletion_set"]]
+    assert {row["method"] for row in group} == {"finetune", "neggrad", "original"}
+    by_score = sorted(group, key=lambda row: -row["values"]["overall_score"]["mean"])
+    assert [row["rank_overall"] for row in by_score] == sorted(row["rank_overall"] for row in group)
+    by_gap = sorted(group, key=lambda row: row["values"]["deep_unlearn_score"]["mean"])
+    assert by_gap[0]["rank_gap"] == 1
+
+
+def test_a_tampered_or_duplicated_file_is_listed_and_skipped(board):
+    rejected = {entry["file"].rsplit("/", 1)[-1]: entry["error"] for entry in board["rejected"]}
+    assert "results.unlearned.forget_acc" in rejected["tampered.json"]
+    assert "the same configuration and seed as" in rejected["duplicate.json"]
+    assert board["n_results"] == 3 + 2 + 1 + 1
+
+
+def test_ranks_share_ties_and_summaries_handle_edges():
+    assert competition_ranks([0.5, 0.7, 0.7, None], higher_is_better=True) == [3, 1, 1, None]
+    assert competition_ranks([0.5, 0.7, 0.7], higher_is_better=False) == [1, 2, 2]
+    assert competition_ranks([], True) == [] and competition_ranks([None], True) == [None]
+    assert summarise([]) is None and summarise([None, float("nan")]) is None
+    assert summarise([0.25]) == {"mean": 0.25, "std": None, "ci95": None, "n": 1}
+    assert summarise([1.0, 1.0, float("nan")]) == {"mean": 1.0, "std": 0.0, "ci95": 0.0, "n": 2}
+
+
+def test_the_board_follows_its_schema_and_a_broken_one_does_not(board):
+    schema_errors(board, "leaderboard", "board")
+    broken = json.loads(json.dumps(board))
+    del broken["tasks"]["digits"]["rows"][0]["values"]
+    with pytest.raises(UserError, match=r"rows\[0\]': 'values' is a required property"):
+        schema_errors(broken, "leaderboard", "board")
+    broken = json.loads(json.dumps(board))
+    broken["tasks"]["digits"]["rows"][0]["values"]["test_acc"]["n"] = 0
+    with pytest.raises(UserError, match=r"values.test_acc.n.: 0 is less than the minimum of 1"):
+        schema_errors(broken, "leaderboard", "board")
+
+
+def test_the_cli_writes_the_site_and_lists_what_it_skipped(cli, results_folder, tmp_path):
+    done = cli("leaderboard", results_folder, "--out", tmp_path / "site", "--no-data")
+    assert done.returncode == 0, done.stderr
+    assert "leaderboard: 7 results in 4 rows over 1 tasks; 2 files skipped" in done.stdout
+    assert done.stderr.count("mubench: skipped:") == 2
+    written = json.loads((tmp_path / "site" / "leaderboard.json").read_text())
+    schema_errors(written, "leaderboard", "written")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    refused = cli("leaderboard", results_folder, "--out", tmp_path / "mine", "--no-data")
+    assert refused.returncode == 2 and "is not a leaderboard built before" in refused.stderr
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+def chromium_page(index, viewport=(1400, 1000)):
+    from playwright.sync_api import sync_playwright
+
+    flags = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync"]
+    manager = sync_playwright().start()
+    browser = manager.chromium.launch(executable_path=shutil.which("chromium"), args=flags)
+    page = browser.new_page(viewport={"width": viewport[0], "height": viewport[1]})
+    errors = []
+    page.on("console", lambda message: errors.append(message.text) if message.type in ("error", "warning") else None)
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.on("requestfailed", lambda request: errors.append(f"failed to load {request.url}"))
+    page.goto(index.as_uri())
+    return manager, browser, page, errors
+
+
+def test_the_page_opens_from_the_file_system_in_headless_chromium(board, tmp_path):
+    """No console errors; a table per task with its rows; the plots drawn; a click sorts a column; sample images load;
+    and a screenshot shows it rendered."""
+    assert shutil.which("chromium"), "Debian's chromium is installed by the README's test command"
+    with_samples = json.loads(json.dumps(board))
+    image = tmp_path / "sample.png"
+    Image.fromarray(np.tile(np.arange(32, dtype=np.uint8)[:, None, None] * 8, (1, 32, 3))).save(image)
+    with_samples["tasks"]["digits"]["rows"][0]["samples"] = [{"file": str(image), "model": "unlearned", "part": "forget",
+                                                              "prompt": "a photo of a seven"}]
+    index = write_site(with_samples, tmp_path / "site")
+    manager, browser, page, errors = chromium_page(index)
+    try:
+        rows = board["tasks"]["digits"]["rows"]
+        assert page.locator("table.board").count() == len(board["tasks"])
+        assert page.locator("#task-digits table.board tbody tr").count() == len(rows)
+        assert page.locator("svg.plot").count() >= 1 and page.locator("svg.plot circle").count() >= len(rows) - 1
+        assert page.locator("h2", has_text="Rejected files").count() == 1
+        loaded = page.evaluate("Array.from(document.images).map(function (img) { return img.complete && img.naturalWidth; })")
+        assert loaded == [32]
+
+        header = page.locator("#task-digits th", has_text="test_acc")
+        column = page.evaluate("Array.from(document.querySelectorAll('#task-digits th')).map(function (th) { return th.textContent; })"
+                               ).index("test_acc")
+        read = ("Array.from(document.querySelectorAll('#task-digits tbody tr')).map("
+                f"function (tr) {{ return Number(tr.cells[{column}].dataset.sort); }})")
+        header.click()
+        ascending = page.evaluate(read)
+        assert ascending == sorted(ascending) and len(set(ascending)) > 1
+        header.click()
+        assert page.evaluate(read) == sorted(ascending, reverse=True)
+
+        shot = tmp_path / "page.png"
+        page.screenshot(path=str(shot))
+        pixels = np.asarray(Image.open(shot).convert("RGB"))
+        assert pixels.shape[:2] == (1000, 1400)
+        assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50  # text, table lines, coloured plots: not a blank page
+        assert errors == []
+    finally:
+        browser.close()
+        manager.stop()
