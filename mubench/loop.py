@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -24,8 +25,18 @@ OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.o
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when there is one, else the CPU."""
+    """``auto`` picks CUDA when there is one, else the CPU (also when ``accelerate launch --cpu`` started this process).
+
+    A run is one process: started as one of several (``accelerate launch
+    --num_processes N``, torchrun), it stops here with one line.
+    """
+    processes = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if processes > 1:
+        raise UserError(f"this process is one of {processes} (WORLD_SIZE): a mubench run unlearns in one process; launch it "
+                        "with `accelerate launch --num_processes 1 -m mubench run ...`, or spread runs over GPUs with `mubench sweep`")
     if name == "auto":
+        if os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes"):
+            return torch.device("cpu")
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda asked for, but torch sees no CUDA device")
@@ -35,8 +46,14 @@ def resolve_device(name: str) -> torch.device:
 
 
 def resolve_precision(name: str, device: torch.device) -> str:
-    """``auto`` is bf16 autocast on CUDA and fp32 elsewhere."""
+    """``auto`` is what ``accelerate launch --mixed_precision`` chose (``bf16`` or ``no``), else bf16 autocast on CUDA and
+    fp32 elsewhere."""
     if name == "auto":
+        chosen = os.environ.get("ACCELERATE_MIXED_PRECISION")
+        if chosen in ("bf16", "no"):
+            return "bf16" if chosen == "bf16" else "fp32"
+        if chosen:
+            raise UserError(f"accelerate's mixed precision '{chosen}' is not one of mubench's (bf16, or 'no' for fp32)")
         return "bf16" if device.type == "cuda" else "fp32"
     if name not in ("bf16", "fp32"):
         raise UserError(f"unknown precision '{name}': expected auto, bf16 or fp32")

@@ -113,3 +113,21 @@ def test_overall_score():
     assert accuracy_overall(test=0.9, test_original=0.9, forget=1.0, chance=0.1) == pytest.approx(2 * 0.1 / 1.1)
     assert accuracy_overall(test=0.7, test_original=0.9, forget=0.1, chance=0.1) == 0.0  # > 20% relative drop
     assert accuracy_overall(test=0.8, test_original=0.9, forget=0.1, chance=0.1) == pytest.approx(2 * 0.9 / 1.9)
+
+
+def test_the_loss_attack_is_fitted_once_for_its_two_metrics_and_again_for_other_records(monkeypatch):
+    from mubench import metrics
+
+    calls = []
+    real = metrics.loss_attack
+    monkeypatch.setattr(metrics, "loss_attack", lambda *a, **k: calls.append(1) or real(*a, **k))
+    chosen = {m.name: m for m in metrics.BUILTIN}
+    rng = np.random.default_rng(0)
+    records = {"forget": {"loss": rng.random(40)}, "test": {"loss": rng.random(40) + 0.5}}
+    accuracy = chosen["mia_loss_acc"].compute(records, 0)
+    assert chosen["mia_loss_indiscernibility"].compute(records, 0) == metrics.indiscernibility(accuracy)
+    assert len(calls) == 1
+    chosen["mia_loss_acc"].compute(records, 1)  # another seed
+    other = {"forget": {"loss": records["forget"]["loss"].copy()}, "test": records["test"]}  # equal values, other arrays
+    assert chosen["mia_loss_acc"].compute(other, 0) == accuracy
+    assert len(calls) == 3

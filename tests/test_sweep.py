@@ -202,3 +202,40 @@ def test_the_original_evaluation_is_cached_and_a_tampered_entry_is_rebuilt(regis
     assert evaluation_entry(other, original).folder != entry.folder
     result, _, _ = execute(plan)
     assert result["results"]["original"] == fresh
+
+
+ACCELERATE = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--mixed_precision", "no",
+              "--dynamo_backend", "no"]
+
+
+def test_accelerate_launch_wraps_the_single_process_run_and_more_processes_are_refused(run_digits, tmp_path):
+    plain, _ = run_digits("neggrad")
+    command = ["-m", "mubench", "-q", "run", "--task", "digits", "--method", "neggrad", "--output-path", str(tmp_path)]
+    launched = subprocess.run([*ACCELERATE, "--cpu", "--num_processes", "1", *command], capture_output=True, text=True,
+                              cwd=tmp_path, timeout=1800)
+    assert launched.returncode == 0, launched.stderr
+    result = read_json(tmp_path / "digits__cnn__neggrad__df5__seed42.json", "result")
+    assert result["results"] == plain["results"] and result["config"]["precision"] == "fp32"
+
+    spread = subprocess.run([*ACCELERATE, "--multi_gpu", "--num_processes", "2", *command[:-2], "--output-path", str(tmp_path / "two")],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=1800)
+    assert spread.returncode != 0
+    assert spread.stderr.count("mubench: error: this process is one of 2 (WORLD_SIZE)") == 2
+    assert not (tmp_path / "two").exists()
+
+
+def test_accelerate_s_mixed_precision_and_cpu_choice_are_followed(monkeypatch):
+    from mubench.errors import UserError
+    from mubench.loop import resolve_device, resolve_precision
+
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "true")
+    assert resolve_device("auto").type == "cpu"
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    assert resolve_precision("auto", torch.device("cpu")) == "bf16"
+    assert resolve_precision("fp32", torch.device("cpu")) == "fp32"  # an explicit --precision wins
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")
+    with pytest.raises(UserError, match="mixed precision 'fp16'"):
+        resolve_precision("auto", torch.device("cpu"))
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    with pytest.raises(UserError, match="one of 4"):
+        resolve_device("cpu")
