@@ -138,6 +138,7 @@ def build_parser() -> Parser:
     sweep.add_argument("--precision", help="auto, bf16 or fp32")
     sweep.add_argument("--include-path", dest="include_paths", action="append", metavar="DIR", help="extra folder of task cards")
     sweep.add_argument("--data-dir", help="a local copy of the tasks' dataset")
+    sweep.add_argument("--leaderboard", metavar="DIR", help="after the run, build the leaderboard of the output folder into DIR")
 
     board = sub.add_parser("leaderboard", help="aggregate result files into a ranked leaderboard (JSON and a static page)")
     board.add_argument("folders", nargs="+", type=Path, metavar="DIR", help="folders of result files (searched recursively)")
@@ -334,6 +335,8 @@ def cmd_sweep(args) -> int:
                                                  "device", "precision", "include_paths", "data_dir")}
     if args.address:
         flags["ray"] = {"address": args.address}
+    if args.leaderboard:
+        flags["leaderboard"] = {"out": args.leaderboard}
     sweep = Sweep.read(args.file, flags)
     registry = Registry(sweep.include_paths)
     loaded = {}
@@ -343,21 +346,29 @@ def cmd_sweep(args) -> int:
         return 0
     outcomes = execute(sweep, planned, registry, loaded)
     print(summary(outcomes))
+    if sweep.leaderboard:
+        print_leaderboard([Path(folder) for folder in sweep.leaderboard.get("from", [sweep.output])], Path(sweep.leaderboard["out"]),
+                          registry, read_data=True)
     return 1 if any(outcome.state == "failed" for outcome in outcomes) else 0
+
+
+def print_leaderboard(folders: list[Path], out: Path, registry, read_data: bool) -> None:
+    """Build the leaderboard of ``folders`` into ``out``; say what was skipped and where the page is."""
+    from mubench.leaderboard import build, collect, write_site
+
+    board = build(*collect(folders, registry, read_data=read_data), registry)
+    for problem in board["rejected"]:
+        print(f"mubench: skipped: {problem['error']}", file=sys.stderr)
+    index = write_site(board, out)
+    rows = sum(len(entry["rows"]) for entry in board["tasks"].values())
+    print(f"leaderboard: {board['n_results']} results in {rows} rows over {len(board['tasks'])} tasks"
+          + (f"; {len(board['rejected'])} files skipped" if board["rejected"] else "") + f"\npage: {index}")
 
 
 def cmd_leaderboard(args) -> int:
     from mubench.api.registry import Registry
-    from mubench.leaderboard import build, collect, write_site
 
-    registry = Registry(args.include_path)
-    board = build(*collect(args.folders, registry, read_data=not args.no_data), registry)
-    for problem in board["rejected"]:
-        print(f"mubench: skipped: {problem['error']}", file=sys.stderr)
-    index = write_site(board, args.out)
-    rows = sum(len(entry["rows"]) for entry in board["tasks"].values())
-    print(f"leaderboard: {board['n_results']} results in {rows} rows over {len(board['tasks'])} tasks"
-          + (f"; {len(board['rejected'])} files skipped" if board["rejected"] else "") + f"\npage: {index}")
+    print_leaderboard(args.folders, args.out, Registry(args.include_path), read_data=not args.no_data)
     return 0
 
 

@@ -37,8 +37,10 @@ STATE = ".sweep"  # inside the output folder: cell locks, failures and the journ
 KEYS = {"tasks": list, "models": (list, type(None)), "methods": (list, str), "ratios": (list, str, type(None)),
         "seeds": (list, str, type(None)),
         "method_args": dict, "reference": (str, type(None)), "output": str, "device": str, "precision": str, "executor": str,
-        "ray": dict, "time_budget": (str, int, float), "include_paths": list, "data_dir": (str, type(None))}
-RAY_KEYS = {"address": (str, type(None)), "num_cpus": (int, float), "num_gpus": (int, float)}
+        "ray": dict, "time_budget": (str, int, float), "include_paths": list, "data_dir": (str, type(None)),
+        "leaderboard": (dict, type(None))}
+RAY_KEYS = {"address": (str, type(None)), "num_cpus": (int, float), "num_gpus": (int, float), "cluster_cpus": int}
+LEADERBOARD_KEYS = {"out": str, "from": list}
 
 
 @dataclass
@@ -57,6 +59,7 @@ class Sweep:
     precision: str = "auto"
     executor: str = "local"
     ray: dict = field(default_factory=dict)
+    leaderboard: dict | None = None  # {out: DIR, from: [DIR, ...] (default: the output folder)}: built after the run
     time_budget: str | int | float = "retrain"
     include_paths: list = field(default_factory=list)
     data_dir: str | None = None
@@ -93,6 +96,12 @@ class Sweep:
             if key not in RAY_KEYS or not isinstance(value, RAY_KEYS[key]):
                 raise UserError(f"{source}: key {key_path(('ray', key))}: expected one of "
                                 f"{', '.join(RAY_KEYS)} with a {'number' if key != 'address' else 'string'}")
+        board = data.get("leaderboard") or {}
+        for key, value in board.items():
+            if key not in LEADERBOARD_KEYS or not isinstance(value, LEADERBOARD_KEYS[key]):
+                raise UserError(f"{source}: key {key_path(('leaderboard', key))}: expected 'out' (a folder) or 'from' (a list of folders)")
+        if board and "out" not in board:
+            raise UserError(f"{source}: key 'leaderboard' needs 'out', the folder the page goes to")
         for method, grid in data.get("method_args", {}).items():
             if not isinstance(grid, dict):
                 raise UserError(f"{source}: key {key_path(('method_args', method))} is a mapping of argument to value(s)")
@@ -267,16 +276,17 @@ def ray_cell(cell: Cell) -> Outcome:
 
 
 def execute_ray(phases: list[list[Cell]], settings: dict) -> list[Outcome]:
-    """On a Ray cluster (``ray.address``) or a local one: one Ray task per cell with the CPUs and GPUs asked for;
-    workers write results to the shared output folder."""
+    """On a Ray cluster (``ray.address``) or a local one (``ray.cluster_cpus`` CPUs, default all): one Ray task per cell
+    with the CPUs and GPUs asked for (``ray.num_cpus``, ``ray.num_gpus``); workers write results to the shared output folder."""
     try:
         import ray
     except ImportError:
         raise UserError("executor 'ray' needs Ray: pip install 'mubench[ray]'") from None
     forwarded = {name: value for name, value in os.environ.items() if name.startswith(("MUBENCH_", "HF_", "TORCH_HOME"))}
     if not ray.is_initialized():
+        local = {} if settings.get("address") else {"num_cpus": settings.get("cluster_cpus", os.cpu_count())}
         ray.init(address=settings.get("address"), runtime_env={"env_vars": forwarded}, log_to_driver=False,
-                 include_dashboard=False, **({} if settings.get("address") else {"num_cpus": os.cpu_count()}))
+                 include_dashboard=False, **local)
     remote = ray.remote(num_cpus=settings.get("num_cpus", 1), num_gpus=settings.get("num_gpus", 0), max_retries=0)(ray_cell)
     outcomes = []
     with tqdm(total=sum(map(len, phases)), desc="sweep (ray)", unit="cell", disable=None) as bar:

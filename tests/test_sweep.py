@@ -2,7 +2,6 @@
 sweeps, the Ray executor on a local cluster, and the cached evaluation of θ₀ they rely on."""
 import json
 import logging
-import os
 import random
 import signal
 import subprocess
@@ -63,8 +62,10 @@ def test_a_sweep_plans_runs_and_resumes_with_the_numbers_of_separate_runs(cli, r
     assert len(names) == N_CELLS and len({n for n in names if "neggrad__df1" in n}) == 2  # the grid's two lrs kept apart
     assert finished_counts(out) == dict.fromkeys(names, 1)
 
-    again = cli("-q", "sweep", "run", path)
+    again = cli("-q", "sweep", "run", path, "--leaderboard", tmp_path / "site")
     assert f"sweep: {N_CELLS} cells: {N_CELLS} done" in again.stdout
+    assert f"leaderboard: {N_CELLS} results in {N_CELLS} rows over 1 tasks" in again.stdout  # one seed: a row per cell
+    assert len(json.loads((tmp_path / "site" / "leaderboard.json").read_text())["tasks"]["digits"]["rows"]) == N_CELLS
     assert finished_counts(out) == dict.fromkeys(names, 1)  # nothing ran twice
     assert cli("sweep", "plan", path).stdout.splitlines()[-1] == f"{N_CELLS} cells: {N_CELLS} done"
 
@@ -85,7 +86,8 @@ def test_flags_replace_the_sweep_file_and_errors_are_one_line(cli, tmp_path):
     assert plan.stdout.splitlines()[-1] == "4 cells: 4 missing"  # retrain and finetune × 2 seeds
     for spec, expected in (({"ratios": "most"}, "key 'ratios' is a list or 'all'"), ({"colour": 1}, "unknown key 'colour'"),
                            ({"methods": "neggrad"}, "key 'methods' has the wrong type"),
-                           ({"methods": ["nosuch"]}, "unknown method 'nosuch'"), ({"ratios": [0.5]}, "deletion ratio 0.5 is not one of")):
+                           ({"methods": ["nosuch"]}, "unknown method 'nosuch'"), ({"ratios": [0.5]}, "deletion ratio 0.5 is not one of"),
+                           ({"leaderboard": {"from": ["x"]}}, "key 'leaderboard' needs 'out'")):
         bad = cli("sweep", "plan", sweep_file(tmp_path, "bad.yaml", **spec))
         assert bad.returncode == 2 and expected in bad.stderr and "Traceback" not in bad.stderr, (spec, bad.stderr)
         assert len(bad.stderr.strip().splitlines()) == 1
@@ -160,12 +162,13 @@ def test_the_ray_executor_runs_the_sweep_on_a_local_cluster_of_two_workers(cli, 
     from mubench.harness import RunConfig, run
 
     pytest.importorskip("ray", reason="Ray is part of the test extra")
-    path = sweep_file(tmp_path, methods=["finetune"], executor="ray", ray={"num_cpus": 1})
+    path = sweep_file(tmp_path, methods=["finetune"], executor="ray", ray={"num_cpus": 1, "cluster_cpus": 2})
     done = cli("-q", "sweep", "run", path, env={"RAY_AUTH_MODE": "disabled"})
     assert done.returncode == 0, done.stderr
     out = tmp_path / "out"
     assert "sweep: 4 cells: 4 ran" in done.stdout
-    assert {e["pid"] for e in journal(out)} - {os.getpid()}  # the cells ran in worker processes
+    retrains = [e for e in journal(out) if "retrain" in e["cell"] and e["event"] == "started"]
+    assert len({e["pid"] for e in retrains}) == 2  # the two retrain cells ran at once, in the cluster's two workers
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
