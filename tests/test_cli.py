@@ -1,4 +1,5 @@
 """The CLI end to end, and every kind of bad input: one line, exit code 2, no result file."""
+import hashlib
 import json
 import os
 import signal
@@ -33,8 +34,9 @@ def test_run_end_to_end(cli, tmp_path):
     assert "forget_acc" in done.stdout and "overall_score" in done.stdout  # the summary table on stdout
     assert "unlearning: salun on digits/cnn" in done.stderr                  # logs on stderr
     [path] = tmp_path.glob("*.json")
-    assert path.name == "digits__cnn__salun__df2__seed87.json"
     result = load_result(path)
+    given = json.dumps({"epochs": 4, "lr_decay_epochs": [2, 3]}, sort_keys=True).encode()
+    assert path.name == f"digits__cnn__salun__df2__seed87__args{hashlib.sha256(given).hexdigest()[:8]}.json"  # not the default run's
     assert result["config"]["method_args"]["lr_decay_epochs"] == [2, 3]
     assert result["split"]["n_forget"] == 29 and result["config"]["device"] == "cpu"
     assert result["environment"]["torch"] and result["task_card"]["sha256"]

@@ -85,7 +85,8 @@ def test_flags_replace_the_sweep_file_and_errors_are_one_line(cli, tmp_path):
     assert plan.returncode == 0, plan.stderr
     assert plan.stdout.splitlines()[-1] == "4 cells: 4 missing"  # retrain and finetune × 2 seeds
     for spec, expected in (({"ratios": "most"}, "key 'ratios' is a list or 'all'"), ({"colour": 1}, "unknown key 'colour'"),
-                           ({"methods": "neggrad"}, "key 'methods' has the wrong type"),
+                           ({"methods": 3}, "key 'methods' has the wrong type"),
+                           ({"methods": "neggrad"}, "key 'methods' is a list or 'all'"),
                            ({"methods": ["nosuch"]}, "unknown method 'nosuch'"), ({"ratios": [0.5]}, "deletion ratio 0.5 is not one of"),
                            ({"leaderboard": {"from": ["x"]}}, "key 'leaderboard' needs 'out'")):
         bad = cli("sweep", "plan", sweep_file(tmp_path, "bad.yaml", **spec))
