@@ -3,6 +3,7 @@ from mubench.api import hookimpl
 from mubench.methods.badt import BadTeacher
 from mubench.methods.esd import ESD
 from mubench.methods.neggrad import NegGrad
+from mubench.methods.ngplus import NegGradPlus
 from mubench.methods.randlabel import RandLabel
 from mubench.methods.references import FineTune, Original, Retrain
 from mubench.methods.salun import SalUn
@@ -11,4 +12,4 @@ from mubench.methods.scrub import SCRUB
 
 @hookimpl
 def mubench_methods():
-    return [NegGrad, RandLabel, BadTeacher, SCRUB, SalUn, ESD, Retrain, Original, FineTune]
+    return [NegGrad, NegGradPlus, RandLabel, BadTeacher, SCRUB, SalUn, ESD, Retrain, Original, FineTune]

@@ -243,3 +243,38 @@ def test_salun_and_randlabel_no_longer_coincide_on_the_digits_cnn(registry, digi
     m.setup()
     n = sum(p.numel() for p in m.params)
     assert sum(mask.sum().item() for mask in m.masks) == int(n * m.hp.mask_ratio) < n
+
+
+def test_ngplus_is_deep_unlearns_weighted_difference_on_a_retain_and_a_forget_batch(registry, setting):
+    """Deep Unlearn's ``run_neggrad_epoch``: α·CE(D_r batch) − (1 − α)·CE(D_f batch), one SGD step (momentum 0.9)."""
+    from mubench.api.method import Pair
+
+    card, ctx, batch = setting
+    m = method(registry, card, ctx, "ngplus", optimizer="sgd", lr=0.01, momentum=0.9, alpha=0.95)
+    twin = copy.deepcopy(ctx.model)
+    x, y, f = batch.inputs["pixel_values"], batch.inputs["labels"], batch.forget
+    pair = Pair(Batch({"pixel_values": x[f], "labels": y[f]}, f[f]), Batch({"pixel_values": x[~f], "labels": y[~f]}, f[~f]))
+
+    def theirs():
+        return 0.95 * F.cross_entropy(twin(x[~f]), y[~f]) - 0.05 * F.cross_entropy(twin(x[f]), y[f])
+
+    assert abs(m.loss(pair, "pair").item() - theirs().item()) < TOL
+    assert_close(grads_of(m.loss(pair, "pair"), ctx.model), grads_of(theirs(), twin))
+    reference_grads = grads_of(theirs(), twin)
+    one_step(m, pair, "pair")
+    reference_step(twin, reference_grads, "sgd", 0.01, momentum=0.9)
+    assert_close(list(ctx.model.parameters()), list(twin.parameters()))
+
+
+def test_ngplus_passes_over_d_r_with_d_f_batches_cycled_beside_it(registry, setting):
+    card, ctx, _ = setting
+    m = method(registry, card, ctx, "ngplus", batch_size=64)
+    [(phase, loader)] = m.passes(0)
+    pairs = list(loader)
+    n_retain, n_forget = len(ctx.data.retain), len(ctx.data.forget)
+    assert phase == "pair" and len(pairs) == len(loader) == -(-n_retain // 64) > -(-n_forget // 64)
+    assert sum(len(p.retain) for p in pairs) == n_retain  # D_r once
+    assert all(p.forget.forget.all() and not p.retain.forget.any() for p in pairs)
+    assert sum(len(p.forget) for p in pairs) > n_forget  # D_f restarted beside it
+    with pytest.raises(Exception, match="alpha weighs D_r against D_f"):
+        method(registry, card, ctx, "ngplus", alpha=1.5)

@@ -181,12 +181,14 @@ class Method:
         """A shuffled loader over ``part`` (``forget``, ``retain``, ``train``) at the method's batch size."""
         return self.ctx.data.loader(part, batch_size or self.hp.batch_size, **options)
 
-    def paired(self, batch_size: int | None = None, retain_batch_size: int | None = None) -> PairedLoader:
-        """Batches of D_f each paired with a batch of D_r (cycled), for losses that need both in one step."""
-        if len(self.ctx.data.retain) == 0:
-            raise UserError(f"method '{self.name}' pairs D_f with D_r batches, but D_r is empty")
+    def paired(self, batch_size: int | None = None, retain_batch_size: int | None = None, lead: str = "forget") -> PairedLoader:
+        """Batches of D_f and D_r taken in one step, for losses that need both: each batch of the ``lead`` part (which sets
+        the pass's length) with the next batch of the other, which restarts (reshuffled) when it runs out."""
+        for part in ("forget", "retain"):
+            if len(getattr(self.ctx.data, part)) == 0:
+                raise UserError(f"method '{self.name}' pairs D_f with D_r batches, but D_{part[0]} is empty")
         forget = self.loader("forget", batch_size)
-        return PairedLoader(forget, self.loader("retain", retain_batch_size or batch_size))
+        return PairedLoader(forget, self.loader("retain", retain_batch_size or batch_size), lead)
 
     def accumulated_gradients(self, part: str, loss: Callable[[Batch], torch.Tensor], batch_size: int | None = None):
         """The gradient of ``loss`` summed over ``part`` (unshuffled), per trainable parameter of the model."""
@@ -226,23 +228,27 @@ class Pair:
 
 
 class PairedLoader:
-    """Each batch of ``forget`` with the next batch of ``retain``, which restarts (reshuffled) when it runs out."""
+    """Each batch of the ``lead`` part (``forget`` or ``retain``) with the next batch of the other, which restarts
+    (reshuffled) when it runs out."""
 
-    def __init__(self, forget: DataLoader, retain: DataLoader):
-        self.forget, self.retain = forget, retain
+    def __init__(self, forget: DataLoader, retain: DataLoader, lead: str = "forget"):
+        if lead not in ("forget", "retain"):
+            raise ValueError(f"lead must be 'forget' or 'retain', got {lead!r}")
+        self.forget, self.retain, self.lead = forget, retain, lead
 
     def __len__(self) -> int:
-        return len(self.forget)
+        return len(getattr(self, self.lead))
 
     def __iter__(self):
-        retain = iter(self.retain)
-        for batch in self.forget:
+        leading, following = (self.forget, self.retain) if self.lead == "forget" else (self.retain, self.forget)
+        others = iter(following)
+        for batch in leading:
             try:
-                other = next(retain)
+                other = next(others)
             except StopIteration:
-                retain = iter(self.retain)
-                other = next(retain)
-            yield Pair(batch, other)
+                others = iter(following)
+                other = next(others)
+            yield Pair(batch, other) if self.lead == "forget" else Pair(other, batch)
 
 
 def _coerce(key: str, value, default, source: str):
