@@ -2,6 +2,7 @@
 from mubench.api import hookimpl
 from mubench.methods.badt import BadTeacher
 from mubench.methods.esd import ESD
+from mubench.methods.l1sparse import L1Sparse
 from mubench.methods.neggrad import NegGrad
 from mubench.methods.ngplus import NegGradPlus
 from mubench.methods.randlabel import RandLabel
@@ -12,4 +13,4 @@ from mubench.methods.scrub import SCRUB
 
 @hookimpl
 def mubench_methods():
-    return [NegGrad, NegGradPlus, RandLabel, BadTeacher, SCRUB, SalUn, ESD, Retrain, Original, FineTune]
+    return [NegGrad, NegGradPlus, L1Sparse, RandLabel, BadTeacher, SCRUB, SalUn, ESD, Retrain, Original, FineTune]

@@ -278,3 +278,34 @@ def test_ngplus_passes_over_d_r_with_d_f_batches_cycled_beside_it(registry, sett
     assert sum(len(p.forget) for p in pairs) > n_forget  # D_f restarted beside it
     with pytest.raises(Exception, match="alpha weighs D_r against D_f"):
         method(registry, card, ctx, "ngplus", alpha=1.5)
+
+
+def test_l1sparse_is_the_authors_ft_l1_with_its_decaying_penalty(registry, setting):
+    """Jia et al.'s ``FT_iter(with_l1=True)``: CE on D_r + α_t·‖θ‖₁ (``torch.linalg.norm`` of all parameters, ord 1),
+    α_t = α(1 − e/(E − E₀)) for e < E − E₀, α when E₀ = E, else 0; one SGD step with momentum and weight decay."""
+    card, ctx, batch = setting
+    m = method(registry, card, ctx, "l1sparse", optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=5e-4, alpha=0.01,
+               epochs=10, no_l1_epochs=2)
+    assert [m.penalty_weight(e) for e in (0, 4, 7, 8, 9)] == [0.01, 0.01 * (1 - 4 / 8), 0.01 * (1 - 7 / 8), 0.0, 0.0]
+    assert method(registry, card, ctx, "l1sparse", alpha=0.01, epochs=3, no_l1_epochs=3).penalty_weight(2) == 0.01
+    with pytest.raises(Exception, match="no_l1_epochs lies between 0 and epochs"):
+        method(registry, card, ctx, "l1sparse", epochs=3, no_l1_epochs=4)
+
+    twin = copy.deepcopy(ctx.model)
+    keep = ~batch.forget
+    retain = Batch({"pixel_values": batch.inputs["pixel_values"][keep], "labels": batch.inputs["labels"][keep]}, batch.forget[keep])
+    x, y = retain.inputs["pixel_values"], retain.inputs["labels"]
+    m.passes(4)
+
+    def theirs():
+        flat = torch.cat([p.view(-1) for p in twin.parameters()])
+        return F.cross_entropy(twin(x), y) + 0.01 * (1 - 4 / 8) * torch.linalg.norm(flat, ord=1)
+
+    assert abs(m.loss(retain, "retain").item() - theirs().item()) < TOL
+    assert_close(grads_of(m.loss(retain, "retain"), ctx.model), grads_of(theirs(), twin))
+    reference_grads = grads_of(theirs(), twin)
+    one_step(m, retain, "retain")
+    reference_step(twin, reference_grads, "sgd", 0.01, momentum=0.9, weight_decay=5e-4)
+    assert_close(list(ctx.model.parameters()), list(twin.parameters()))
+    m.passes(9)  # past the decay: plain fine-tuning
+    assert abs(m.loss(retain, "retain").item() - F.cross_entropy(ctx.model(x), y).item()) < TOL

@@ -10,7 +10,7 @@ import yaml
 from fixtures import FIXTURES, images
 from tests_support import REPO
 
-METHODS = ["original", "retrain", "neggrad", "ngplus", "randlabel", "badt", "scrub", "salun"]
+METHODS = ["original", "retrain", "neggrad", "ngplus", "l1sparse", "randlabel", "badt", "scrub", "salun"]
 
 
 def card_models(task) -> dict:
