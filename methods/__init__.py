@@ -9,8 +9,9 @@ from mubench.methods.randlabel import RandLabel
 from mubench.methods.references import FineTune, Original, Retrain
 from mubench.methods.salun import SalUn
 from mubench.methods.scrub import SCRUB
+from mubench.methods.ssd import SSD
 
 
 @hookimpl
 def mubench_methods():
-    return [NegGrad, NegGradPlus, L1Sparse, RandLabel, BadTeacher, SCRUB, SalUn, ESD, Retrain, Original, FineTune]
+    return [NegGrad, NegGradPlus, L1Sparse, SSD, RandLabel, BadTeacher, SCRUB, SalUn, ESD, Retrain, Original, FineTune]

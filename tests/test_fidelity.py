@@ -309,3 +309,42 @@ def test_l1sparse_is_the_authors_ft_l1_with_its_decaying_penalty(registry, setti
     assert_close(list(ctx.model.parameters()), list(twin.parameters()))
     m.passes(9)  # past the decay: plain fine-tuning
     assert abs(m.loss(retain, "retain").item() - F.cross_entropy(ctx.model(x), y).item()) < TOL
+
+
+def test_ssd_dampens_exactly_the_authors_weights(registry, setting):
+    """Foster et al.'s ``calc_importance`` (mean over batches of grad² of CE, eval mode) on D_f and on the whole
+    training set, then ``modify_weight``: where I_f > α·I_D, w ← w · min(1, λ·I_D/I_f)."""
+    card, ctx, _ = setting
+    twin = copy.deepcopy(ctx.model)
+    m = method(registry, card, ctx, "ssd", batch_size=64, alpha=10.0, dampening=1.0)
+
+    def calc_importance(loader):
+        importances = [torch.zeros_like(p) for p in twin.parameters()]
+        for batch in loader:
+            twin.zero_grad()
+            F.cross_entropy(twin(batch.inputs["pixel_values"]), batch.inputs["labels"]).backward()
+            for imp, p in zip(importances, twin.parameters()):
+                if p.grad is not None:
+                    imp += p.grad.clone().pow(2)
+        return [imp / len(loader) for imp in importances]
+
+    twin.eval()
+    forget = calc_importance(ctx.data.loader("forget", 64, shuffle=False))
+    whole = calc_importance(ctx.data.loader("train", 64, shuffle=False))
+    with torch.no_grad():
+        for p, fimp, oimp in zip(twin.parameters(), forget, whole):
+            locations = torch.where(fimp > oimp * 10.0)
+            update = (oimp * 1.0 / fimp).pow(1)[locations]
+            update[torch.where(update > 1)] = 1
+            p[locations] = p[locations] * update
+
+    before = [p.detach().clone() for p in ctx.model.parameters()]
+    report = m.unlearn()
+    assert report.steps == 0
+    assert_close(list(ctx.model.parameters()), list(twin.parameters()))
+    changed = sum(int((p != q).sum()) for p, q in zip(ctx.model.parameters(), before))
+    assert changed > 0  # some weights were dampened, and none grew:
+    assert all(bool((p.abs() <= q.abs() + 1e-12).all()) for p, q in zip(ctx.model.parameters(), before))
+    for p, q, fimp, oimp in zip(ctx.model.parameters(), before, forget, whole):  # the unselected weights: exactly θ₀'s
+        kept = ~(fimp > oimp * 10.0)
+        assert torch.equal(p[kept], q[kept])
