@@ -23,7 +23,7 @@ from mubench.api.card import schema_errors
 from mubench.errors import UserError
 from mubench.files import atomic_folder, write_json
 from mubench.recheck import recheck
-from mubench.results import load_result, mean_ci
+from mubench.results import given_args, load_result, mean_ci
 
 SCHEMA_VERSION = 1
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f", "#bcbd22")
@@ -45,12 +45,6 @@ def collect(folders: list[Path], registry, read_data: bool = True) -> tuple[list
             except UserError as e:
                 rejected.append({"file": str(path), "error": str(e)})
     return accepted, rejected
-
-
-def given_args(result: dict) -> dict:
-    """The method arguments a result's run was given (command line or sweep grid), not those it inherited."""
-    config = result["config"]
-    return {key: value for key, value in config["method_args"].items() if config["method_args_sources"].get(key) == "command line"}
 
 
 def row_key(result: dict) -> tuple:

@@ -27,9 +27,15 @@ def result_filename(result: dict) -> str:
     ``--split-seed``, ``--original-seed``, and ``__args<hash>`` for method arguments given on the command line or
     by a sweep); a rerun of the same configuration replaces its file."""
     config = result["config"]
-    given = {key: value for key, value in config["method_args"].items() if config["method_args_sources"].get(key) == "command line"}
     return cell_filename(result["task"], result["model"], result["method"], config["deletion_ratio"], config["seed"],
-                         result["split"].get("forget_classes"), config.get("split_seed"), config.get("original_seed"), given)
+                         result["split"].get("forget_classes"), config.get("split_seed"), config.get("original_seed"),
+                         given_args(result))
+
+
+def given_args(result: dict) -> dict:
+    """The method arguments a result's run was given (command line or sweep grid), not those it inherited."""
+    config = result["config"]
+    return {key: value for key, value in config["method_args"].items() if config["method_args_sources"].get(key) == "command line"}
 
 
 def cell_filename(task: str, model: str, method: str, ratio: float, seed: int, classes: list | None = None,

@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import traceback
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -181,6 +182,7 @@ class Journal:
             os.fsync(f.fileno())
 
     def read(self) -> list[dict]:
+        """Every whole event, oldest first."""
         if not self.path.is_file():
             return []
         events = []
@@ -217,8 +219,6 @@ class Outcome:
 
 def run_cell(cell: Cell, registry: Registry, loaded: dict) -> Outcome:
     """Run one cell unless its result exists, under the cell's lock; a failure is recorded, not raised."""
-    if cell.applicable:
-        return Outcome(cell.filename, "n/a", cell.applicable)
     journal = Journal(cell.config.output_path)
     lock_path = cell.config.output_path / STATE / "locks" / f"{cell.filename}.lock"
     lock_path.parent.mkdir(parents=True, exist_ok=True)
@@ -301,9 +301,10 @@ def execute_ray(phases: list[list[Cell]], settings: dict) -> list[Outcome]:
 
 def execute(sweep: Sweep, planned: list[Cell], registry: Registry, loaded: dict) -> list[Outcome]:
     """Run the planned cells that are not done: retrain cells as one phase first, then the rest."""
-    todo = [cell for cell in planned if status(cell) not in ("done", "n/a")]
+    states = [status(cell) for cell in planned]
+    todo = [cell for cell, state in zip(planned, states) if state not in ("done", "n/a")]
     phases = [[c for c in todo if c.config.method == "retrain"], [c for c in todo if c.config.method != "retrain"]]
-    done = [Outcome(c.filename, status(c), c.applicable) for c in planned if status(c) in ("done", "n/a")]
+    done = [Outcome(c.filename, state, c.applicable) for c, state in zip(planned, states) if state in ("done", "n/a")]
     if sweep.executor == "ray":
         return done + execute_ray(phases, sweep.ray)
     return done + execute_local(phases, registry, loaded)
@@ -311,22 +312,22 @@ def execute(sweep: Sweep, planned: list[Cell], registry: Registry, loaded: dict)
 
 def plan_table(planned: list[Cell]) -> str:
     """One line per cell: its state and result file (or why it cannot run), then the counts."""
-    lines, counts = [], {}
+    lines, states = [], []
     for cell in planned:
-        state = status(cell)
-        counts[state] = counts.get(state, 0) + 1
+        states.append(state := status(cell))
         detail = cell.applicable if state == "n/a" else last_error(cell) if state == "failed" else ""
         lines.append(f"{state:<8} {cell.filename}" + (f"  ({detail})" if detail else ""))
-    lines.append(f"{len(planned)} cells: " + ", ".join(f"{n} {state}" for state, n in sorted(counts.items())))
-    return "\n".join(lines)
+    return "\n".join(lines + [counted(states)])
 
 
 def summary(outcomes: list[Outcome]) -> str:
     """The counts, and each failed cell with its error."""
-    counts = {}
-    for outcome in outcomes:
-        counts[outcome.state] = counts.get(outcome.state, 0) + 1
-    lines = [f"sweep: {len(outcomes)} cells: " + ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))]
+    lines = ["sweep: " + counted([o.state for o in outcomes])]
     lines += [f"failed: {o.filename}: {o.error}" for o in outcomes if o.state == "failed"]
     return "\n".join(lines)
+
+
+def counted(states: list[str]) -> str:
+    """``N cells: a done, b missing, ...`` (states in alphabetical order)."""
+    return f"{len(states)} cells: " + ", ".join(f"{n} {state}" for state, n in sorted(Counter(states).items()))
 

@@ -14,6 +14,7 @@ import yaml
 
 from mubench.files import read_json
 from mubench.results import validate_result
+from mubench.sweep import Journal
 
 GRID = {"tasks": ["digits"], "methods": ["finetune", "neggrad"], "ratios": [0.01, 0.02], "seeds": [42], "reference": "retrain",
         "method_args": {"neggrad": {"lr": [0.00005, 0.0001]}}}
@@ -29,8 +30,7 @@ def sweep_file(tmp_path, name="sweep.yaml", **changes):
 
 
 def journal(out):
-    path = out / ".sweep" / "journal.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")] if path.is_file() else []
+    return Journal(out).read()
 
 
 def finished_counts(out):
@@ -162,7 +162,6 @@ def test_the_ray_executor_runs_the_sweep_on_a_local_cluster_of_two_workers(cli, 
     per CPU it was given, so the comparison is with a local run on one thread."""
     from mubench.harness import RunConfig, run
 
-    pytest.importorskip("ray", reason="Ray is part of the test extra")
     path = sweep_file(tmp_path, methods=["finetune"], executor="ray", ray={"num_cpus": 1, "cluster_cpus": 2})
     done = cli("-q", "sweep", "run", path, env={"RAY_AUTH_MODE": "disabled"})
     assert done.returncode == 0, done.stderr
