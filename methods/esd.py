@@ -1,7 +1,7 @@
 import torch
 import torch.nn.functional as F
 
-from mubench.api import Method, Pass
+from mubench.api import Method, Pass, Range, Taxonomy
 
 SUBSETS = ("noxattn", "xattn", "full")
 
@@ -27,12 +27,14 @@ class ESD(Method):
 
     name = "esd"
     summary = "negative guidance away from the forgotten classes' prompts (diffusion)"
+    taxonomy = Taxonomy("logits", "model", "none", "sparse, internal")
+    search_space = {"lr": Range(1e-6, 1e-3, log=True), "negative_guidance": Range(0.5, 3.0), "epochs": Range(1, 10)}
     defaults = Method.defaults | dict(epochs=1, batch_size=1, optimizer="adam", lr=1e-5, negative_guidance=1.0,
                                       start_guidance=3.0, ddim_steps=50, train_method="noxattn")
     choices = Method.choices | {"train_method": SUBSETS}
 
     @classmethod
-    def unsupported(cls, task):
+    def unsupported(cls, task, skeleton):
         if not hasattr(task, "sample_latents"):
             return f"ESD erases concepts from a diffusion model; task type '{task.name}' is not text_to_image"
         if task.card.data["deletion"].get("mode") != "classes":

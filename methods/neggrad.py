@@ -1,4 +1,4 @@
-from mubench.api import Method, Pass
+from mubench.api import Method, Pass, Taxonomy
 
 
 class NegGrad(Method):
@@ -10,6 +10,7 @@ class NegGrad(Method):
 
     name = "neggrad"
     summary = "gradient ascent on D_f"
+    taxonomy = Taxonomy("loss", "gradient", "none", "dense, internal")
     defaults = Method.defaults | dict(epochs=1, optimizer="adam", lr=5e-5)
 
     def passes(self, epoch):

@@ -1,4 +1,4 @@
-from mubench.api import Method, Pass, TaskType
+from mubench.api import Method, Pass, TaskType, Taxonomy
 
 
 class RandLabel(Method):
@@ -14,11 +14,12 @@ class RandLabel(Method):
 
     name = "randlabel"
     summary = "train on D_f (wrong labels) and D_r"
+    taxonomy = Taxonomy("loss", "data", "loss", "dense, internal")
     defaults = Method.defaults | dict(relabel="random")
     choices = Method.choices | {"relabel": ("random", "random_wrong", "shift")}
 
     @classmethod
-    def unsupported(cls, task):
+    def unsupported(cls, task, skeleton):
         if type(task).relabel is TaskType.relabel:
             return f"task type '{task.name}' cannot corrupt targets (it does not implement TaskType.relabel)"
         return None

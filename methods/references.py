@@ -1,5 +1,5 @@
 """The reference rows: the untouched original, exact retraining, and fine-tuning on D_r."""
-from mubench.api import Fit, Method
+from mubench.api import Fit, Method, Taxonomy
 
 
 class Original(Method):
@@ -9,7 +9,9 @@ class Original(Method):
     summary = "no change (the baseline row)"
     time_limited = False
     trains = False
+    taxonomy = Taxonomy("none", "none", "none", "none")
     defaults = {}
+    search_space = {}
 
 
 class Retrain(Fit):
@@ -21,6 +23,8 @@ class Retrain(Fit):
 
     name = "retrain"
     summary = "exact unlearning: train from scratch on D_r (the reference)"
+    taxonomy = Taxonomy("none", "none", "loss", "dense, internal")
+    search_space = {}  # the original's own recipe: a reference, never tuned
     part = "retain"
 
     def setup(self):
@@ -32,6 +36,7 @@ class FineTune(Fit):
 
     name = "finetune"
     summary = "continue training on D_r only"
+    taxonomy = Taxonomy("none", "none", "loss", "dense, internal")
     recipe = "unlearn"
     time_limited = True
     part = "retain"

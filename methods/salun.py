@@ -1,5 +1,6 @@
 import torch
 
+from mubench.api import Range, Taxonomy
 from mubench.methods.randlabel import RandLabel
 
 
@@ -17,6 +18,8 @@ class SalUn(RandLabel):
 
     name = "salun"
     summary = "random labels on the weights most salient to D_f"
+    taxonomy = Taxonomy("loss", "data", "loss", "sparse, internal")
+    search_space = RandLabel.search_space | {"mask_ratio": Range(0.1, 1.0)}
     defaults = RandLabel.defaults | dict(
         mask_ratio=0.5, epochs=10, optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=5e-4, batch_size=256,
     )
@@ -42,5 +45,5 @@ class SalUn(RandLabel):
             if param.grad is not None:
                 param.grad.add_(param.detach(), alpha=self.hp.weight_decay).mul_(mask)
 
-    def optimizer_settings(self):
-        return super().optimizer_settings() | {"weight_decay": 0.0}  # applied, masked, in after_backward
+    def optimizer_settings(self, group):
+        return super().optimizer_settings(group) | {"weight_decay": 0.0}  # applied, masked, in after_backward

@@ -1,4 +1,4 @@
-from mubench.api import Method, Pass
+from mubench.api import Method, Pass, Range, Taxonomy
 
 
 class SCRUB(Method):
@@ -13,6 +13,9 @@ class SCRUB(Method):
 
     name = "scrub"
     summary = "max-min teacher-student passes over D_f and D_r"
+    taxonomy = Taxonomy("loss", "gradient", "loss+representation", "dense, internal")  # MU-Bench's Table 2
+    search_space = Method.search_space | {"alpha": Range(0.0, 1.0), "gamma": Range(0.0, 1.0), "temperature": Range(0.5, 5.0),
+                                          "msteps": Range(1, 5)}
     defaults = Method.defaults | dict(
         epochs=5, msteps=3, alpha=0.5, gamma=1.0, temperature=4.0, optimizer="sgd", lr=5e-4,
         momentum=0.9, weight_decay=5e-4, lr_decay_epochs=[3, 5], batch_size=32, forget_batch_size=64,

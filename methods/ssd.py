@@ -1,6 +1,6 @@
 import torch
 
-from mubench.api import Method
+from mubench.api import Method, Range, Taxonomy
 from mubench.loop import autocast
 
 
@@ -17,7 +17,9 @@ class SSD(Method):
     name = "ssd"
     summary = "dampen the weights far more important to D_f than to the training set (no training)"
     trains = False
+    taxonomy = Taxonomy("loss", "weights", "loss", "sparse, internal")
     defaults = dict(batch_size=64, alpha=10.0, dampening=1.0)
+    search_space = {"alpha": Range(1.0, 100.0, log=True), "dampening": Range(0.1, 10.0, log=True)}
 
     @classmethod
     def check_args(cls, args):

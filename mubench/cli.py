@@ -241,12 +241,15 @@ def cmd_train(args) -> int:
 
 
 def cmd_list(args) -> int:
+    from mubench.api.method import Taxonomy
     from mubench.api.registry import Registry
 
     registry = Registry(args.include_path)
     if args.what == "methods":
+        print(f"{'method':<10} {'knowledge':<15} {'corruption':<10} {'retention':<20} {'parameters':<16} what it does")
         for name, cls in sorted(registry.methods.items()):
-            print(f"{name:<12} {cls.summary}")
+            facets = cls.taxonomy or Taxonomy("-", "-", "-", "-")
+            print(f"{name:<10} {facets.knowledge:<15} {facets.corruption:<10} {facets.retention:<20} {facets.parameters:<16} {cls.summary}")
     elif args.what == "metrics":
         for name, metric in sorted(registry.metrics.items()):
             direction = "higher" if metric.higher_is_better else "lower"
@@ -275,16 +278,10 @@ def cmd_list(args) -> int:
 
 def parameter_count(registry, card, model: str) -> str:
     """The family's parameter count with the task's head (e.g. ``86.4M``), or ``unknown*``."""
-    from mubench.data import load_splits
-    from mubench.originals import Family
+    from mubench.harness import Prepared
 
-    task = registry.task_type(card)
-    _, spec = card.model(model)
-    family = Family(model, spec, registry.architecture(card, spec["architecture"]), task)
     try:
-        if "loader" in card.dataset and "download" not in card.dataset:  # built-in data: read it for the exact head
-            task.prepare(load_splits(card, registry.dataset_loaders)["train"])
-        count = family.count_parameters()
+        count = sum(p.numel() for p in Prepared(registry, card.name, model, None).skeleton().parameters())
     except UserError as e:
         log.debug("%s/%s: %s", card.name, model, e)
         return "unknown*"

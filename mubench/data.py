@@ -395,17 +395,18 @@ class UnlearningData:
         self.rng = np.random.default_rng(seed)
         self.pin_memory = device.type == "cuda"
 
-    def part(self, name: str, retain_fraction: float | None = None, max_size: int | None = None) -> _Part:
-        """The examples of part ``name``; ``retain_fraction`` draws a fresh random share of D_r."""
+    def part(self, name: str, retain_fraction: float | None = None, retain_size: int | None = None, max_size: int | None = None) -> _Part:
+        """The examples of part ``name``; ``retain_fraction`` (a share) or ``retain_size`` (a count) draws a fresh random
+        subset of D_r."""
         if name in ("test", "shifted", "forgotten"):
             data = self.shifted if name == "shifted" else self.test
             idx = {"test": self.test_rows, "forgotten": self.forgotten_rows}.get(name, np.arange(len(data)))
             flags = np.zeros(len(idx), bool)
         else:
             retain = self.retain
-            if retain_fraction is not None:
-                size = max(1, round(retain_fraction * len(retain)))
-                retain = np.sort(self.rng.choice(retain, size=size, replace=False))
+            if retain_fraction is not None or retain_size is not None:
+                size = retain_size if retain_size is not None else max(1, round(retain_fraction * len(retain)))
+                retain = np.sort(self.rng.choice(retain, size=min(size, len(retain)), replace=False))
             pieces = {"forget": [self.forget], "retain": [retain], "train": [self.forget, retain]}[name]
             idx = np.concatenate(pieces)
             flags = np.concatenate([np.full(len(p), p is self.forget) for p in pieces])

@@ -26,7 +26,7 @@ from mubench.files import atomic_folder, atomic_path, ensure_writable, mubench_h
 from mubench.loop import Budget, resolve_device, resolve_precision
 from mubench.lora import LoraSpec, apply_lora
 from mubench.originals import Family, resolve_original
-from mubench.results import SCHEMA_VERSION, environment, finite, reference_block, result_filename, validate_result
+from mubench.results import SCHEMA_VERSION, environment, finite, method_info, reference_block, result_filename, validate_result
 from mubench.splits import chosen_classes, forget_indices, indices_sha256
 
 log = logging.getLogger("mubench")
@@ -111,6 +111,21 @@ class Prepared:
         self.registry, self.data_dir = registry, data_dir
         self.original_given, self.original_seed = original is not None, original_seed
         self.loaded = False
+        self._skeleton = None
+
+    def skeleton(self) -> torch.nn.Module:
+        """The family's model without its weights (see :meth:`Family.skeleton`), built once; a task whose data is built
+        in (a registered loader that reads no files) is read first, for its exact head."""
+        if self._skeleton is None:
+            loader = self.registry.dataset_loaders.get(self.card.dataset.get("loader"))
+            if not self.loaded and loader is not None and not getattr(loader, "reads_data_dir", False):
+                self.task.prepare(load_splits(self.card, self.registry.dataset_loaders)["train"])
+            self._skeleton = self.family.skeleton()
+        return self._skeleton
+
+    def unsupported(self, method_cls) -> str | None:
+        """Why ``method_cls`` cannot run on this task and model family (before any data is loaded), or None."""
+        return method_cls.unsupported(self.task, self.skeleton)
 
     def read(self) -> dict:
         """Read the data and draw D_f; returns the raw splits."""
@@ -254,7 +269,7 @@ def resolve(config: RunConfig, registry: Registry, loaded: dict | None = None) -
     device = resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
     seed = card.seeds[0] if config.seed is None else config.seed
-    reason = method_cls.unsupported(task)
+    reason = prepared.unsupported(method_cls)
     if reason:
         raise UserError(f"method '{method_cls.name}' cannot run on task '{card.name}': {reason}")
     ensure_writable(config.output_path)
@@ -463,6 +478,7 @@ def assemble(plan: Plan, original, before: dict, after: dict, report, budget: Bu
                  | ({"n_shifted": len(prepared.shifted)} if prepared.shifted is not None else {})
                  | ({"forget_classes": [prepared.task.label_names[i] for i in prepared.classes],
                      "n_test_forgotten": len(prepared.forgotten_rows)} if prepared.classwise else {}),
+        "method_info": method_info(plan.method_cls),
         "metrics": describe(plan.evaluator.metrics),
         "results": {"original": finite(before), "unlearned": finite(after)},
         "times": times,

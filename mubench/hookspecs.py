@@ -69,8 +69,10 @@ def mubench_architectures():
     builds a randomly initialised (or pretrained, if its params say so) model for the task.
     The callable may also offer ``load_original(task_type, source, **params)``, to read a
     published fine-tuned original in its own format (a card's ``original:`` that is not
-    ``train``), and ``count_parameters(task_type, **params)``, to size the model without
-    its weights (``mubench list models``).
+    ``train``), and ``skeleton(task_type, **params)``, the model without its weights (on
+    the meta device, e.g. from a hub config alone), which sizes it (``mubench list
+    models``) and shows its structure to methods that need one (convolutions, blocks);
+    without it the callable itself is called on the meta device.
     """
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -112,56 +113,86 @@ def learning_rate_factor(step: int, epoch: int, warmup_steps: int, milestones: l
     return warm * decay ** sum(epoch >= m for m in milestones)
 
 
+def cosine_factor(t: float, total: float, floor: float = 0.0) -> float:
+    """Cosine annealing from 1 at ``t = 0`` to ``floor`` at ``t = total`` (torch's ``CosineAnnealingLR``, ``eta_min`` as a
+    share of the base rate)."""
+    return floor + (1 - floor) * (1 + math.cos(math.pi * t / total)) / 2
+
+
 SCHEDULE_KEYS = ("lr_decay_epochs", "lr_decay", "grad_accum_steps", "max_grad_norm", "warmup_steps")
 
 
-def objective_optimizer(objective, params) -> tuple[torch.optim.Optimizer, dict]:
-    """The optimiser the objective's settings name, and the rest of its settings (schedule, accumulation, clipping)."""
-    settings = objective.optimizer_settings()
+def objective_optimizer(objective, params, group: str = "main") -> tuple[torch.optim.Optimizer, dict]:
+    """The optimiser that the objective's settings of ``group`` name, and the rest of those settings (schedule,
+    accumulation, clipping)."""
+    settings = objective.optimizer_settings(group)
     schedule = {key: settings.pop(key) for key in SCHEDULE_KEYS}
     return make_optimizer(params, **settings), schedule
+
+
+@dataclass
+class _Group:
+    """One optimiser of a run: its parameters (those trainable when it was made), settings, steps and pending batches."""
+
+    optimizer: torch.optim.Optimizer
+    params: list
+    accumulate: int
+    max_norm: float
+    base_lrs: list
+    steps: int = 0
+    pending: int = 0
+
+    @classmethod
+    def of(cls, objective, model: torch.nn.Module, group: str) -> _Group:
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer, schedule = objective_optimizer(objective, params, group)
+        return cls(optimizer, params, schedule["grad_accum_steps"], schedule["max_grad_norm"],
+                   [g["lr"] for g in optimizer.param_groups])
 
 
 def optimise(objective, model: torch.nn.Module, epochs: int, device: torch.device, precision: str,
              budget: Budget | None = None, desc: str = "train") -> LoopReport:
     """Run ``objective`` (a :class:`mubench.api.Method`) on ``model`` for ``epochs`` epochs.
 
-    Each epoch runs the objective's passes in order. Gradients of
-    ``grad_accum_steps`` batches (fewer at the end of a pass) make one optimiser
+    Each epoch runs the objective's passes in order. Each pass's batches step the
+    optimiser of the objective's ``optimizer_group(phase, epoch)``, made when first
+    needed over the parameters trainable then, from ``optimizer_settings(group)``:
+    gradients of ``grad_accum_steps`` batches (fewer at the end of a pass) make one
     step, after the objective's gradient surgery and clipping to ``max_grad_norm``
-    (0: none); the learning rate warms up linearly over ``warmup_steps`` steps and
-    decays at ``lr_decay_epochs``. The objective's ``step`` is the optimiser step
-    the current batch contributes to.
+    (0: none), at the learning rate times ``learning_rate_factor(group, step, epoch)``
+    (by default a linear warm-up over ``warmup_steps`` steps and decay at
+    ``lr_decay_epochs``). The objective's ``step`` is the optimiser step (over all
+    groups) the current batch contributes to. The model is in train mode, or in eval
+    mode for an objective whose ``train_mode`` is False (BatchNorm statistics frozen,
+    no dropout).
     """
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer, schedule = objective_optimizer(objective, params)
-    milestones, decay = schedule["lr_decay_epochs"], schedule["lr_decay"]
-    accumulate, max_norm, warmup = schedule["grad_accum_steps"], schedule["max_grad_norm"], schedule["warmup_steps"]
-    base_lrs = [group["lr"] for group in optimizer.param_groups]
+    groups: dict[str, _Group] = {}
     report = LoopReport()
-    model.train()
+    model.train(objective.train_mode)
     start = time.perf_counter()
-    pending = 0
     with tqdm(desc=desc, unit="step", disable=None, leave=False) as bar:
         for epoch, phase, batch, last in _batches(objective, epochs):
+            name = objective.optimizer_group(phase, epoch)
+            group = groups.get(name) or groups.setdefault(name, _Group.of(objective, model, name))
             objective.step = report.steps
             batch = batch.to(device)
             with autocast(device, precision):
                 loss = objective.loss(batch, phase)
-            (loss / accumulate if accumulate > 1 else loss).backward()
+            (loss / group.accumulate if group.accumulate > 1 else loss).backward()
             report.examples += len(batch)
-            pending += 1
-            if pending < accumulate and not last:
+            group.pending += 1
+            if group.pending < group.accumulate and not last:
                 continue
-            pending = 0
+            group.pending = 0
             objective.after_backward()
-            if max_norm > 0:
-                torch.nn.utils.clip_grad_norm_(params, max_norm)
-            factor = learning_rate_factor(report.steps, epoch, warmup, milestones, decay)
-            for group, lr in zip(optimizer.param_groups, base_lrs):
-                group["lr"] = lr * factor
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            if group.max_norm > 0:
+                torch.nn.utils.clip_grad_norm_(group.params, group.max_norm)
+            factor = objective.learning_rate_factor(name, group.steps, epoch)
+            for param_group, lr in zip(group.optimizer.param_groups, group.base_lrs):
+                param_group["lr"] = lr * factor
+            group.optimizer.step()
+            model.zero_grad(set_to_none=True)
+            group.steps += 1
             report.steps += 1
             bar.update()
             if budget is not None and budget.spent(report.examples):

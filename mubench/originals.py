@@ -49,13 +49,13 @@ class Family:
         load = getattr(self.architecture, "load_original", None)
         return load(self.task, source, **self.spec.get("params", {})) if load else None
 
-    def count_parameters(self) -> int:
-        """The parameter count of the family's model for this task, built without weights where possible."""
-        count = getattr(self.architecture, "count_parameters", None)
-        if count is not None:
-            return count(self.task, **self.spec.get("params", {}))
+    def skeleton(self) -> torch.nn.Module:
+        """The family's model for this task without its weights (on the meta device): its structure and size."""
+        build = getattr(self.architecture, "skeleton", None)
+        if build is not None:
+            return build(self.task, **self.spec.get("params", {}))
         with torch.device("meta"):
-            return sum(p.numel() for p in self.build().parameters())
+            return self.build()
 
 
 @dataclass

@@ -18,7 +18,7 @@ from mubench.errors import UserError, key_path
 from mubench.evaluation import overall_score
 from mubench.files import first_problem, read_json
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 PACKAGES = ("torch", "transformers", "datasets", "numpy", "scikit-learn", "safetensors")
 
 
@@ -130,6 +130,8 @@ def validate_result(result: dict, source, registry, task=None) -> None:
         method = registry.method(result["method"])
     except UserError as e:
         fail(("method",), str(e))
+    if result["method_info"] != method_info(method):
+        fail(("method_info",), f"is not what method '{method.name}' declares ({method_info(method)})")
     if result["task_card"]["sha256"] != card.sha256:
         fail(("task_card", "sha256"), f"is not the hash of task '{card.name}''s card {card.path} (made with another version of it?)")
     if result["model"] not in card.models:
@@ -174,6 +176,11 @@ def validate_result(result: dict, source, registry, task=None) -> None:
         check_overall(result, kind, fail)
     if "reference" in result:
         check_reference(result, kind.metric, fail)
+
+
+def method_info(method) -> dict:
+    """What a result records of its method: its place in MU-Bench's taxonomy (null where the method declares none)."""
+    return {"taxonomy": method.taxonomy.as_dict() if method.taxonomy is not None else None}
 
 
 def check_overall(result: dict, task, fail) -> None:

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from mubench.api.registry import Registry
 from mubench.errors import UserError, key_path
 from mubench.files import read_json, write_json
-from mubench.harness import RunConfig, resolve, run
+from mubench.harness import Prepared, RunConfig, resolve, run
 from mubench.results import cell_filename
 
 log = logging.getLogger("mubench")
@@ -139,7 +139,7 @@ def cells(sweep: Sweep, registry: Registry, loaded: dict) -> list[Cell]:
                 classwise = card.data["deletion"].get("mode", "samples") == "classes"
                 ratios = [None] if classwise else card.ratios if sweep.ratios == "all" else sweep.ratios or [card.default_ratio]
                 seeds = card.seeds if sweep.seeds == "all" else sweep.seeds or [card.seeds[0]]
-                reason = registry.method(method).unsupported(registry.task_type(card))
+                reason = Prepared(registry, task, model, None).unsupported(registry.method(method))
                 if reason:  # one line for the method on this task, not one per cell
                     planned.append(Cell(RunConfig(task=task, method=method, model=model), f"{task}__{model}__{method}", reason))
                     continue

@@ -100,19 +100,19 @@ class StableDiffusion:
             raise unloadable(pretrained, e) from None
         return LatentDiffusion(unet, vae, text_encoder, tokenizer, DDPMScheduler.from_config(config), DDIMScheduler.from_config(config))
 
-    def count_parameters(self, task, pretrained: str) -> int:
-        """UNet, VAE and text encoder, built from their configs without weights."""
+    def skeleton(self, task, pretrained: str) -> nn.Module:
+        """UNet, VAE and text encoder (``unet``, ``vae``, ``text_encoder``), built from their configs on the meta device."""
         from diffusers import AutoencoderKL, UNet2DConditionModel
         from transformers import CLIPTextConfig, CLIPTextModel
 
         try:
             with torch.device("meta"):
-                parts = [UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(pretrained, subfolder="unet")),
-                         AutoencoderKL.from_config(AutoencoderKL.load_config(pretrained, subfolder="vae")),
-                         CLIPTextModel(CLIPTextConfig.from_pretrained(pretrained, subfolder="text_encoder"))]
+                return nn.ModuleDict({
+                    "unet": UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(pretrained, subfolder="unet")),
+                    "vae": AutoencoderKL.from_config(AutoencoderKL.load_config(pretrained, subfolder="vae")),
+                    "text_encoder": CLIPTextModel(CLIPTextConfig.from_pretrained(pretrained, subfolder="text_encoder"))})
         except (OSError, ValueError) as e:
             raise unloadable(pretrained, e) from None
-        return sum(p.numel() for part in parts for p in part.parameters())
 
 
 def per_example_normal(shape: tuple, seeds, device) -> torch.Tensor:
@@ -149,6 +149,7 @@ class TextToImageTask(ClassificationTask):
 
     name = "text_to_image"
     metric = "clf_acc"
+    output = "noise"
     records = frozenset({"loss", "stratum", "clip_score", "clf_correct", "clf_top5", "image", "prompt", "fid_generated", "fid_real"})
     generated = frozenset({"clip_score", "clf_correct", "clf_top5", "image", "prompt", "fid_generated", "fid_real"})
     sample_records = frozenset({"image", "prompt"})

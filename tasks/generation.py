@@ -37,6 +37,7 @@ class TextGenerationTask(TaskType):
     """Base of the generative text task types (see the module's docstring)."""
 
     overall = "generation"
+    output = "token_logits"
     records = frozenset({"loss", "confidence", "score", "generation", "reference", "token_logprobs", "token_correct"})
     auto_class: ClassVar[str] = ""
     processor_class = "AutoTokenizer"
@@ -106,6 +107,19 @@ class TextGenerationTask(TaskType):
         """``inputs`` where example ``rows[i]`` has the target of example ``donors[i]``."""
         raise NotImplementedError
 
+    def target_ids(self, texts: list[str]) -> list[np.ndarray]:
+        """Each text's token ids as a target (truncated to ``max_target_length``; EOS-ended for decoder-only models)."""
+        raise NotImplementedError
+
+    def with_target_texts(self, inputs: dict, texts: list[str]) -> dict:
+        """``inputs`` where every example's target is the matching text (IdkDPO's refusal answers)."""
+        raise NotImplementedError
+
+    def target_positions(self, inputs: dict) -> torch.Tensor:
+        """``[batch, positions]``: the positions of the model's hidden states (the decoder's for encoder-decoders) that
+        hold a target token, as OpenUnlearning's RMU masks them (``labels != -100``)."""
+        raise NotImplementedError
+
     def generate(self, model, inputs: dict) -> list[str]:
         """Greedy (or beam) generations for the batch, as text."""
         raise NotImplementedError
@@ -149,7 +163,7 @@ class Seq2SeqGenerationTask(TextGenerationTask):
         sources = [self.options.get("prefix", "") + text for text in self.sources(batch)]
         targets = list(batch[self.column("target")])
         return {"input_ids": tokens(self.processor, sources, self.options.get("max_source_length", 512))["input_ids"],
-                "target_ids": tokens(self.processor, targets, self.options.get("max_target_length", 128))["input_ids"],
+                "target_ids": self.target_ids(targets),
                 "reference": targets}
 
     def collate(self, items):
@@ -165,6 +179,15 @@ class Seq2SeqGenerationTask(TextGenerationTask):
         labels = inputs["labels"].clone()
         labels[rows] = inputs["labels"][donors]
         return {**inputs, "labels": labels}
+
+    def target_ids(self, texts):
+        return tokens(self.processor, texts, self.options.get("max_target_length", 128))["input_ids"]
+
+    def with_target_texts(self, inputs, texts):
+        return {**inputs, "labels": pad(self.target_ids(texts), IGNORE).to(inputs["labels"].device)}
+
+    def target_positions(self, inputs):
+        return inputs["labels"] != IGNORE
 
     def generate(self, model, inputs):
         out = model.generate(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], **self.generate_kwargs())
@@ -184,11 +207,8 @@ class CausalGenerationTask(TextGenerationTask):
     def preprocess(self, batch):
         prompts = [self.prompt_format.format(prompt=text) for text in self.sources(batch)]
         targets = list(batch[self.column("target")])
-        target_ids = tokens(self.processor, targets, self.options.get("max_target_length", 128) - 1,
-                            add_special_tokens=False)["input_ids"]
-        eos = np.asarray([self.processor.eos_token_id], dtype=np.int32)
         return {"prompt_ids": tokens(self.processor, prompts, self.options.get("max_source_length", 512))["input_ids"],
-                "target_ids": [np.concatenate([t, eos]) for t in target_ids], "reference": targets}
+                "target_ids": self.target_ids(targets), "reference": targets}
 
     def collate(self, items):
         prompts = [torch.from_numpy(x.astype(np.int64)) for x in items["prompt_ids"]]
@@ -221,13 +241,28 @@ class CausalGenerationTask(TextGenerationTask):
     def forward(self, model, inputs):
         return model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits[:, :-1]
 
+    def prompts(self, inputs: dict) -> list[torch.Tensor]:
+        return [ids[mask.bool()] for ids, mask in zip(inputs["prompt_ids"], inputs["prompt_mask"])]
+
     def with_targets(self, inputs, rows, donors):
-        prompts = [ids[mask.bool()] for ids, mask in zip(inputs["prompt_ids"], inputs["prompt_mask"])]
         own = [labels[labels != IGNORE] for labels in inputs["labels"]]
         targets = list(own)
         for row, donor in zip(rows, donors):
             targets[row] = own[donor]
-        return {**inputs, **self.pack(prompts, targets)}
+        return {**inputs, **self.pack(self.prompts(inputs), targets)}
+
+    def target_ids(self, texts):
+        ids = tokens(self.processor, texts, self.options.get("max_target_length", 128) - 1, add_special_tokens=False)["input_ids"]
+        eos = np.asarray([self.processor.eos_token_id], dtype=np.int32)
+        return [np.concatenate([x, eos]) for x in ids]
+
+    def with_target_texts(self, inputs, texts):
+        device = inputs["labels"].device
+        targets = [torch.from_numpy(x.astype(np.int64)).to(device) for x in self.target_ids(texts)]
+        return {**inputs, **self.pack(self.prompts(inputs), targets)}
+
+    def target_positions(self, inputs):
+        return torch.nn.functional.pad(inputs["labels"] != IGNORE, (1, 0))
 
     def generate(self, model, inputs):
         prompt = inputs["prompt_ids"]

@@ -104,13 +104,12 @@ class Pretrained:
             raise UserError(f"original '{source}' does not fit task '{task.card.name}': {problem}")
         return model
 
-    def count_parameters(self, task, pretrained: str, model_class: str | None = None, **params) -> int:
-        """Parameters of the model with the task's head, built from its config alone (no weights)."""
+    def skeleton(self, task, pretrained: str, model_class: str | None = None, **params) -> torch.nn.Module:
+        """The model with the task's head, built from its config alone on the meta device (no weights)."""
         from transformers import AutoConfig
 
         config_overrides = {k: v for k, v in params.items() if k not in TASK_KEYS}
         config = from_hub(AutoConfig.from_pretrained, pretrained, **head_kwargs(task), **config_overrides)
         cls = resolve_class(task, model_class)
         with torch.device("meta"):
-            model = cls.from_config(config) if hasattr(cls, "from_config") else cls._from_config(config)
-        return sum(p.numel() for p in model.parameters())
+            return cls.from_config(config) if hasattr(cls, "from_config") else cls._from_config(config)

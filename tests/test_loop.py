@@ -1,4 +1,6 @@
 """The training loop's accumulation, clipping and warm-up, and the method primitives built on it."""
+import time
+
 import pytest
 import torch
 from torch import nn
@@ -165,3 +167,85 @@ def test_a_method_without_a_training_loop_is_timed_and_budgeted(digits_ctx):
     report = Dampen(ctx, dict(Method.defaults)).unlearn()
     assert report.steps == 0 and report.seconds > 0 and not report.budget_exhausted
     assert all(torch.equal(p, 0.5 * b) for p, b in zip(ctx.model.parameters(), before))
+
+
+class TwoOptimisers(Regression):
+    """Alternating passes ``a`` and ``b``, each with its own SGD optimiser (momentum, its own rate) and its own schedule."""
+
+    name = "two"
+
+    def passes(self, epoch):
+        return [Pass("a", Batches(self.batches)), Pass("b", Batches(self.batches))]
+
+    def optimizer_group(self, phase, epoch):
+        return phase
+
+    def optimizer_settings(self, group):
+        return super().optimizer_settings(group) | {"lr": 0.1 if group == "a" else 0.03}
+
+    def learning_rate_factor(self, group, step, epoch):
+        return 1.0 if group == "a" else 1.0 / (step + 1)
+
+
+def test_each_optimiser_group_keeps_its_own_state_and_schedule():
+    """Two torch SGD optimisers with momentum over the same weights, stepped in turn, as the method's groups say."""
+    x, y = data()
+    batches = [Item(x[:4], y[:4]), Item(x[4:], y[4:])]
+    model = make()
+    method = TwoOptimisers(batches, momentum=0.9)
+    method.net = model
+    report = optimise(method, model, 2, torch.device("cpu"), "fp32")
+    assert report.steps == 8
+
+    twin = make()
+    a = torch.optim.SGD(twin.parameters(), lr=0.1, momentum=0.9)
+    b = torch.optim.SGD(twin.parameters(), lr=0.03, momentum=0.9)
+    steps_b = 0
+    for _ in range(2):
+        for optimizer in (a, b):
+            for item in batches:
+                if optimizer is b:
+                    optimizer.param_groups[0]["lr"] = 0.03 / (steps_b + 1)
+                    steps_b += 1
+                optimizer.zero_grad()
+                ((twin(item.x) - item.y) ** 2).mean().backward()
+                optimizer.step()
+    for ours, theirs in zip(model.parameters(), twin.parameters()):
+        assert torch.allclose(ours, theirs, atol=1e-6)
+    one = make()
+    shared = TwoOptimisers(batches, momentum=0.9)
+    shared.optimizer_group = lambda phase, epoch: "main"  # one optimiser: one momentum buffer, a different path
+    shared.net = one
+    optimise(shared, one, 2, torch.device("cpu"), "fp32")
+    assert not torch.allclose(one.weight, model.weight, atol=1e-4)
+
+
+class Dropout(Regression):
+    name = "dropout"
+
+    def loss(self, batch, phase):
+        self.modes.append(self.net.training)
+        return super().loss(batch, phase)
+
+
+@pytest.mark.parametrize("train_mode", [True, False])
+def test_the_loop_trains_in_the_mode_the_method_asks_for(train_mode):
+    x, y = data()
+    model = make()
+    method = Dropout([Item(x, y)])
+    method.net, method.modes, method.train_mode = model, [], train_mode
+    optimise(method, model, 1, torch.device("cpu"), "fp32")
+    assert method.modes == [train_mode]
+
+
+def test_a_method_finishes_inside_its_timed_call(digits_ctx):
+    ctx = digits_ctx()
+    finished = []
+
+    class Finishing(Dampen):
+        def finish(self):
+            time.sleep(0.2)
+            finished.append(True)
+
+    report = Finishing(ctx, dict(Method.defaults)).unlearn()
+    assert finished == [True] and report.seconds >= 0.2

@@ -50,6 +50,19 @@ def label_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return _per_row(_row_logprobs, logits, labels) * (labels != IGNORE)
 
 
+def example_logprob(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """log p(target | input) per example, ``[batch]``: log p(label) for class logits ``[batch, classes]``, the sum over
+    the target tokens for token logits ``[batch, tokens, vocabulary]``."""
+    logprobs = label_logprobs(logits, labels)
+    return logprobs if logprobs.dim() == 1 else logprobs.flatten(1).sum(1)
+
+
+def target_rows(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rows of logits that predict a target (``labels`` not ``IGNORE``) in fp32, ``[N, classes]``, and those targets."""
+    keep = labels != IGNORE
+    return logits[keep].float(), labels[keep]
+
+
 def sequence_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Per-example mean NLL over its target tokens, ``[batch]`` (0 for an example without any)."""
     mask = labels != IGNORE

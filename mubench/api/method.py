@@ -1,16 +1,20 @@
 """The unlearning method: a short class that says only what is particular to it.
 
-The core builds the optimiser, moves batches to the device, runs autocast, shows
-progress, decays the learning rate and enforces the time budget. A method chooses
+The core builds the optimisers, moves batches to the device, runs autocast, shows
+progress, schedules the learning rate and enforces the time budget. A method chooses
 which data each epoch passes over (:meth:`Method.passes`), the loss of a batch
-(:meth:`Method.loss`) and, optionally, set-up work and gradient surgery.
+(:meth:`Method.loss`) and, optionally, set-up work, gradient surgery, several
+optimisers (:meth:`Method.optimizer_group`) and their schedules. It declares what it
+is (:class:`Taxonomy`, MU-Bench's four facets) and the ranges a hyperparameter search
+may try (``search_space``: :class:`Range` and :class:`Choice`).
 """
 from __future__ import annotations
 
 import copy
+import itertools
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from types import SimpleNamespace
 from typing import ClassVar, NamedTuple
 
@@ -20,7 +24,7 @@ from torch.utils.data import DataLoader
 from mubench.api.task import TaskType
 from mubench.data import Batch, UnlearningData
 from mubench.errors import UserError, unknown_name
-from mubench.loop import OPTIMIZERS, Budget, LoopReport, accumulate_gradients, optimise
+from mubench.loop import OPTIMIZERS, Budget, LoopReport, accumulate_gradients, learning_rate_factor, optimise
 
 
 class Pass(NamedTuple):
@@ -54,6 +58,101 @@ class Context:
         return self.build_model().to(self.device)
 
 
+KNOWLEDGE = ("loss", "logits", "representation", "none")
+CORRUPTION = ("gradient", "data", "model", "weights", "none")
+RETENTION = ("loss", "logits", "representation")
+DENSITY, PLACEMENT = ("dense", "sparse"), ("internal", "external")
+
+
+@dataclass(frozen=True)
+class Taxonomy:
+    """A method in MU-Bench's teacher-student taxonomy (its Table 2), one word per facet.
+
+    ``knowledge``: how it measures what the model knows of D_f (``loss``, ``logits``,
+    ``representation``, or ``none`` when it never looks at D_f); ``corruption``: how it
+    degrades that knowledge (``gradient`` reversal, random or substitute ``data``, an
+    incompetent teacher ``model``, a direct edit of the ``weights``, or ``none``);
+    ``retention``: how it keeps D_r's (``loss``, ``logits``, ``representation``, joined
+    by ``+``, or ``none``); ``parameters``: which move, ``dense`` or ``sparse`` and
+    ``internal`` or ``external`` (``"sparse, internal"``), or ``none``.
+    """
+
+    knowledge: str
+    corruption: str
+    retention: str
+    parameters: str
+
+    def problem(self) -> str | None:
+        """What is wrong with the facets, in words, or None."""
+        if self.knowledge not in KNOWLEDGE:
+            return f"taxonomy knowledge {self.knowledge!r} is not one of {', '.join(KNOWLEDGE)}"
+        if self.corruption not in CORRUPTION:
+            return f"taxonomy corruption {self.corruption!r} is not one of {', '.join(CORRUPTION)}"
+        parts = self.retention.split("+")
+        if self.retention != "none" and (len(set(parts)) != len(parts) or not set(parts) <= set(RETENTION)):
+            return f"taxonomy retention {self.retention!r} is not 'none' or a '+'-join of {', '.join(RETENTION)}"
+        density, _, placement = self.parameters.partition(", ")
+        if self.parameters != "none" and (density not in DENSITY or placement not in PLACEMENT):
+            return f"taxonomy parameters {self.parameters!r} is not 'none' or '<dense|sparse>, <internal|external>'"
+        return None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Range:
+    """A numeric knob of the search space: from ``low`` to ``high``, on a ``log`` scale or not; whole numbers when
+    the hyperparameter is an int."""
+
+    low: float
+    high: float
+    log: bool = False
+
+    def problem(self, default) -> str | None:
+        if isinstance(default, bool) or not isinstance(default, (int, float)):
+            return f"a range for a hyperparameter that is not a number ({default!r})"
+        if not self.low < self.high or (self.log and self.low <= 0):
+            return f"range [{self.low}, {self.high}] is empty" + (" or not positive on a log scale" if self.log else "")
+        if isinstance(default, int) and not (float(self.low).is_integer() and float(self.high).is_integer()):
+            return f"range [{self.low}, {self.high}] of an integer hyperparameter has fractional ends"
+        return None
+
+    def as_dict(self) -> dict:
+        return {"low": self.low, "high": self.high, "log": self.log}
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A categorical knob of the search space: one of ``options``."""
+
+    options: tuple
+
+    def problem(self, default) -> str | None:
+        if len(self.options) < 2:
+            return "a choice needs two options or more"
+        if any(type(option) is not type(default) for option in self.options):
+            return f"choices {self.options!r} are not all of the default's type ({type(default).__name__})"
+        return None
+
+    def as_dict(self) -> dict:
+        return {"options": list(self.options)}
+
+
+TRAINING_SPACE = {"lr": Range(1e-5, 1e-1, log=True), "epochs": Range(1, 10)}
+
+
+OUTPUTS = {"class_logits": "class logits", "token_logits": "token logits", "noise": "noise predictions"}
+
+
+def output_problem(task: TaskType, *outputs: str) -> str | None:
+    """Why a method that reads a model's ``outputs`` (kinds of :attr:`TaskType.output`) cannot run on ``task``, or None."""
+    if task.output in outputs:
+        return None
+    return (f"it works on {' or '.join(OUTPUTS.get(o, o) for o in outputs)}; task type '{task.name}' "
+            f"gives {OUTPUTS.get(task.output, task.output)}")
+
+
 class Method:
     """Base class of unlearning methods.
 
@@ -62,7 +161,11 @@ class Method:
     ``--method-args`` override them. ``time_limited`` methods stop when unlearning
     would take longer than retraining. A method with ``trains = False`` does all its
     work in :meth:`setup` (an edit of the weights, no optimiser), timed and budgeted
-    like the rest. During training, ``step`` is the optimiser step being taken.
+    like the rest. ``train_mode = False`` trains with the model in eval mode (its
+    authors' choice where BatchNorm statistics stay frozen). ``taxonomy`` places the
+    method in MU-Bench's taxonomy and ``search_space`` names the knobs a tuner may
+    turn (hyperparameters of ``defaults``). During training, ``step`` is the
+    optimiser step being taken.
     """
 
     name: ClassVar[str]
@@ -70,6 +173,9 @@ class Method:
     recipe: ClassVar[str] = "unlearn"
     time_limited: ClassVar[bool] = True
     trains: ClassVar[bool] = True
+    train_mode: ClassVar[bool] = True
+    taxonomy: ClassVar[Taxonomy | None] = None
+    search_space: ClassVar[dict] = TRAINING_SPACE
     defaults: ClassVar[dict] = dict(
         epochs=1, batch_size=32, optimizer="adam", lr=1e-4, momentum=0.9, weight_decay=0.0,
         lr_decay_epochs=[], lr_decay=0.1, grad_accum_steps=1, max_grad_norm=0.0, warmup_steps=0,
@@ -129,8 +235,31 @@ class Method:
         return None
 
     @classmethod
-    def unsupported(cls, task: TaskType) -> str | None:
-        """Why this method cannot run on ``task`` (before its data is loaded), or None when it can."""
+    def declaration_problem(cls) -> str | None:
+        """What is wrong with the class's taxonomy or search space, in words, or None (checked as it registers)."""
+        if cls.taxonomy is not None and not isinstance(cls.taxonomy, Taxonomy):
+            return f"its taxonomy is {cls.taxonomy!r}, not a Taxonomy"
+        problem = cls.taxonomy.problem() if cls.taxonomy is not None else None
+        if problem:
+            return problem
+        for key, knob in cls.search_space.items():
+            if key not in cls.defaults:
+                return f"its search space names '{key}', which is not one of its hyperparameters"
+            if not isinstance(knob, (Range, Choice)):
+                return f"its search space's '{key}' is {knob!r}, not a Range or a Choice"
+            problem = knob.problem(cls.defaults[key])
+            if problem:
+                return f"search space '{key}': {problem}"
+        return None
+
+    @classmethod
+    def unsupported(cls, task: TaskType, skeleton: Callable[[], torch.nn.Module]) -> str | None:
+        """Why this method cannot run on ``task`` (before its data is loaded), or None when it can.
+
+        ``skeleton()`` builds the model family's model without its weights (on the meta
+        device), for methods that need a structure (convolutions, blocks); call it only
+        when needed.
+        """
         return None
 
     @property
@@ -156,23 +285,44 @@ class Method:
     def after_backward(self) -> None:
         """Gradient surgery between ``backward()`` and the optimiser step."""
 
-    def optimizer_settings(self) -> dict:
-        """Optimiser, learning-rate schedule, accumulation and clipping, read from the hyperparameters."""
+    def finish(self) -> None:
+        """Work after the last epoch (quantising the weights); it counts as unlearning time."""
+
+    def total_epochs(self) -> int:
+        """How many epochs the loop runs (``epochs``; methods with stages of their own add theirs)."""
+        return self.hp.epochs
+
+    def optimizer_group(self, phase: str, epoch: int) -> str:
+        """The optimiser that steps on ``phase``'s batches in ``epoch``: one per name, each with its own state, made
+        when first used over the parameters trainable then. One (``main``) unless a method says otherwise."""
+        return "main"
+
+    def optimizer_settings(self, group: str) -> dict:
+        """Optimiser, learning-rate schedule, accumulation and clipping of optimiser ``group``, read from the
+        hyperparameters."""
         hp = self.hp
         return dict(optimizer=hp.optimizer, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay,
                     lr_decay_epochs=list(hp.lr_decay_epochs), lr_decay=hp.lr_decay, grad_accum_steps=hp.grad_accum_steps,
                     max_grad_norm=hp.max_grad_norm, warmup_steps=hp.warmup_steps)
 
+    def learning_rate_factor(self, group: str, step: int, epoch: int) -> float:
+        """The factor on ``group``'s learning rate at its ``step``-th step, in ``epoch``: by default a linear warm-up
+        over ``warmup_steps`` steps, times ``lr_decay`` per ``lr_decay_epochs`` milestone passed."""
+        settings = self.optimizer_settings(group)
+        return learning_rate_factor(step, epoch, settings["warmup_steps"], settings["lr_decay_epochs"], settings["lr_decay"])
+
     def unlearn(self) -> LoopReport:
-        """Set up, then (for a method that ``trains``) optimise for ``epochs`` epochs; the whole call is timed."""
+        """Set up, then (for a method that ``trains``) optimise for :meth:`total_epochs` epochs, then finish; the whole
+        call is timed."""
         start = time.perf_counter()
         self.ctx.budget.start()
         self.setup()
         if self.trains:
-            report = optimise(self, self.model, self.hp.epochs, self.ctx.device, self.ctx.precision,
+            report = optimise(self, self.model, self.total_epochs(), self.ctx.device, self.ctx.precision,
                               self.ctx.budget, desc=self.name)
         else:
             report = LoopReport(budget_exhausted=self.ctx.budget.spent(0))
+        self.finish()
         report.seconds = time.perf_counter() - start
         return report
 
@@ -190,9 +340,18 @@ class Method:
         forget = self.loader("forget", batch_size)
         return PairedLoader(forget, self.loader("retain", retain_batch_size or batch_size), lead)
 
-    def accumulated_gradients(self, part: str, loss: Callable[[Batch], torch.Tensor], batch_size: int | None = None):
-        """The gradient of ``loss`` summed over ``part`` (unshuffled), per trainable parameter of the model."""
-        return accumulate_gradients(self.model, self.loader(part, batch_size, shuffle=False), loss, self.ctx.device, self.ctx.precision)
+    def class_counts(self, part: str) -> torch.Tensor:
+        """How many examples of each class ``part`` holds (a classification task's ``labels``), ``[classes]``."""
+        counts = torch.zeros(len(self.task.label_names), dtype=torch.long)
+        for batch in self.loader(part, shuffle=False):
+            counts += torch.bincount(batch.inputs["labels"].cpu(), minlength=len(counts))
+        return counts
+
+    def accumulated_gradients(self, part: str, loss: Callable[[Batch], torch.Tensor], batch_size: int | None = None, **part_options):
+        """The gradient of ``loss`` summed over ``part``'s batches (unshuffled; ``part_options`` as
+        :meth:`UnlearningData.part` takes them), per trainable parameter of the model (None where none flows)."""
+        loader = self.loader(part, batch_size, shuffle=False, **part_options)
+        return accumulate_gradients(self.model, loader, loss, self.ctx.device, self.ctx.precision)
 
     def logits(self, batch: Batch, model: torch.nn.Module | None = None) -> torch.Tensor:
         return self.task.forward(model if model is not None else self.model, batch.inputs)
@@ -211,6 +370,19 @@ class Method:
         inputs = inputs if inputs is not None else batch.inputs
         logits = logits if logits is not None else self.task.forward(self.model, inputs)
         return self.task.loss(logits, inputs).mean()
+
+
+class FirstBatches:
+    """The first ``n`` batches of a loader (a pass that stops part-way through an epoch)."""
+
+    def __init__(self, loader: DataLoader, n: int):
+        self.loader, self.n = loader, min(n, len(loader))
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        return itertools.islice(iter(self.loader), self.n)
 
 
 @dataclass

@@ -62,8 +62,9 @@ class Registry:
             except Exception as e:  # noqa: BLE001
                 log.warning("plugin '%s': hook %s raised %s; its answer is left out", impl.plugin_name, hook, one_line(e))
 
-    def _collect(self, hook: str, kind: str, key=None, valid=callable) -> dict:
-        """Merge one hook's answers over all plugins, checking each name and value as it registers."""
+    def _collect(self, hook: str, kind: str, key=None, valid=callable, problem=None) -> dict:
+        """Merge one hook's answers over all plugins, checking each name and value (and, with ``problem``, what it
+        declares) as it registers."""
         merged, owner = {}, {}
         for plugin, answer in self._answers(hook):
             for item in answer:
@@ -78,6 +79,10 @@ class Registry:
                     continue
                 if not valid(value):
                     log.warning("plugin '%s': %s '%s' is left out: %r is not a %s", plugin, kind, name, value, kind)
+                    continue
+                declared = problem(value) if problem else None
+                if declared:
+                    log.warning("plugin '%s': %s '%s' is left out: %s", plugin, kind, name, declared)
                     continue
                 if name in merged or f"{kind} '{name}'" in self.clashes:
                     self.clashes.setdefault(f"{kind} '{name}'", f"{owner.get(name, '?')} and {plugin}")
@@ -101,7 +106,8 @@ class Registry:
         from mubench.api.method import Method
 
         return self._collect("mubench_methods", "method", key=lambda cls: cls.name,
-                             valid=lambda cls: isinstance(cls, type) and issubclass(cls, Method))
+                             valid=lambda cls: isinstance(cls, type) and issubclass(cls, Method),
+                             problem=lambda cls: cls.declaration_problem())
 
     @cached_property
     def task_types(self) -> dict:

@@ -27,9 +27,14 @@ class TaskType:
     :meth:`generation_positions` picks in each part, not on every example.
     ``sample_records`` are those generated columns kept for people to look at (images
     and their prompts), saved beside the result; they must be among ``generated``.
+    ``output`` says what :meth:`forward` returns, for methods that read it:
+    ``class_logits`` (``[batch, classes]``, the targets in ``inputs["labels"]``),
+    ``token_logits`` (``[batch, tokens, vocabulary]``, the targets in ``inputs["labels"]``,
+    ``IGNORE`` where none) or ``noise`` (a diffusion model's noise prediction).
     """
 
     name: ClassVar[str]
+    output: ClassVar[str] = "class_logits"
     metric: ClassVar[str] = "acc"
     overall: ClassVar[str] = "accuracy"
     records: ClassVar[frozenset] = frozenset({"loss", "confidence", "correct", "score", "stratum"})
