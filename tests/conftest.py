@@ -92,3 +92,34 @@ def task_data(tmp_path_factory):
         return built[task]
 
     return get
+
+
+def fidelity_setting(prepared, build):
+    """A fresh context around a tiny model (``build(seed)``), and a fixed batch of 24 digits, every third in D_f."""
+    import torch
+
+    from mubench.api import Context
+    from mubench.data import Batch
+
+    cpu = torch.device("cpu")
+    tensors = prepared.train.tensors
+    batch = Batch({"pixel_values": tensors["pixel_values"][:24].clone(), "labels": tensors["labels"][:24].clone()},
+                  torch.arange(24) % 3 == 0)
+    ctx = Context(prepared.task, build(0), prepared.data(cpu), cpu, "fp32", lambda: build(7), torch.Generator().manual_seed(0))
+    return prepared.card, ctx, batch
+
+
+@pytest.fixture
+def setting(digits_prepared):
+    """The tiny MLP with dead hidden units (fidelity_support.tiny_mlp) on digits."""
+    from fidelity_support import tiny_mlp
+
+    return fidelity_setting(digits_prepared, tiny_mlp)
+
+
+@pytest.fixture
+def conv_setting(digits_prepared):
+    """The tiny CNN with BatchNorm (fidelity_support.tiny_cnn) on digits."""
+    from fidelity_support import tiny_cnn
+
+    return fidelity_setting(digits_prepared, tiny_cnn)

@@ -13,71 +13,9 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
+from fidelity_support import TOL, K, assert_close, grads_of, method, one_step, reference_step, tiny_mlp
 
-from mubench.api import Context
 from mubench.data import Batch
-from mubench.loop import objective_optimizer
-
-TOL = 1e-5
-K = 10
-
-
-def tiny_mlp(seed: int = 0) -> nn.Module:
-    """64 → 16 → 10 with six hidden units that never fire (bias −100): their gradients are exactly zero."""
-    torch.manual_seed(seed)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, K))
-    with torch.no_grad():
-        model[1].bias[:6] = -100.0
-    return model
-
-
-@pytest.fixture
-def setting(digits_prepared):
-    """A fresh context around the tiny model, and a fixed batch of 24 digits, every third in D_f."""
-    cpu = torch.device("cpu")
-    data = digits_prepared.data(cpu)
-    tensors = digits_prepared.train.tensors
-    batch = Batch({"pixel_values": tensors["pixel_values"][:24].clone(), "labels": tensors["labels"][:24].clone()},
-                  torch.arange(24) % 3 == 0)
-    ctx = Context(digits_prepared.task, tiny_mlp(), data, cpu, "fp32", lambda: tiny_mlp(seed=7), torch.Generator().manual_seed(0))
-    return digits_prepared.card, ctx, batch
-
-
-def method(registry, card, ctx, name, **overrides):
-    cls = registry.method(name)
-    return cls(ctx, cls.resolve_args(card, overrides))
-
-
-def grads_of(loss, model):
-    model.zero_grad(set_to_none=True)
-    loss.backward()
-    return [p.grad.detach().clone() for p in model.parameters()]
-
-
-def assert_close(ours, theirs):
-    for a, b in zip(ours, theirs):
-        assert torch.allclose(a, b, atol=TOL, rtol=TOL), (a - b).abs().max()
-
-
-def one_step(m, batch, phase):
-    """The core's step: backward, the method's gradient surgery, its optimiser (as the loop builds it)."""
-    optimizer, _ = objective_optimizer(m, [p for p in m.model.parameters() if p.requires_grad])
-    m.model.zero_grad(set_to_none=True)
-    m.loss(batch, phase).backward()
-    m.after_backward()
-    optimizer.step()
-
-
-def reference_step(model, grads, optimizer: str, lr: float, momentum: float = 0.0, weight_decay: float = 0.0):
-    """One step of torch's optimiser (as the authors' code calls it) with given gradients."""
-    params = list(model.parameters())
-    for p, g in zip(params, grads):
-        p.grad = g.clone()
-    if optimizer == "sgd":
-        torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay).step()
-    else:
-        {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[optimizer](params, lr=lr, weight_decay=weight_decay).step()
 
 
 def test_neggrad(registry, setting):
