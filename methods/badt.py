@@ -1,6 +1,6 @@
 import torch
 
-from mubench.api import Method, Pass, Range, Taxonomy
+from mubench.api import TRAINING_SPACE, Method, Pass, Range, Taxonomy
 
 
 class BadTeacher(Method):
@@ -21,7 +21,7 @@ class BadTeacher(Method):
     name = "badt"
     summary = "distil a random teacher on D_f and θ₀ on part of D_r"
     taxonomy = Taxonomy("logits", "model", "logits", "dense, internal")
-    search_space = Method.search_space | {"temperature": Range(0.5, 5.0), "retain_fraction": Range(0.05, 1.0)}
+    search_space = TRAINING_SPACE | {"temperature": Range(0.5, 5.0), "retain_fraction": Range(0.05, 1.0)}
     defaults = Method.defaults | dict(epochs=1, optimizer="adam", lr=1e-4, temperature=1.0, retain_fraction=0.3)
 
     def setup(self):

@@ -1,4 +1,4 @@
-from mubench.api import Range, Taxonomy, output_problem
+from mubench.api import TRAINING_SPACE, Range, Taxonomy, output_problem
 from mubench.api.anatomy import blocks, head, init_like_deep_unlearn
 from mubench.methods.references import FineTune
 
@@ -23,7 +23,7 @@ class CatastrophicForgettingK(FineTune):
     train_mode = False
     defaults = FineTune.defaults | dict(epochs=10, batch_size=256, optimizer="sgd", lr=0.01, momentum=0.0, weight_decay=0.0,
                                         lr_decay=0.1, blocks=1, proximal=0.1)
-    search_space = FineTune.search_space | {"blocks": Range(1, 10), "proximal": Range(1e-5, 1e-1, log=True)}
+    search_space = TRAINING_SPACE | {"blocks": Range(1, 10), "proximal": Range(1e-5, 1e-1, log=True)}
 
     @classmethod
     def unsupported(cls, task, skeleton):

@@ -1,6 +1,6 @@
 import torch
 
-from mubench.api import Pass, Range, Taxonomy, output_problem
+from mubench.api import TRAINING_SPACE, Pass, Range, Taxonomy, output_problem
 from mubench.api.anatomy import conv2d_layers, without_convolutions
 from mubench.loop import cosine_factor
 from mubench.methods.references import FineTune
@@ -26,7 +26,7 @@ class ConfuseFineTune(FineTune):
     taxonomy = Taxonomy("none", "weights", "loss", "dense, internal")
     defaults = FineTune.defaults | dict(epochs=4, batch_size=64, optimizer="sgd", lr=7e-4, momentum=0.9, weight_decay=5e-4,
                                         start_std=0.6, final_std=0.005)
-    search_space = FineTune.search_space | {"start_std": Range(0.0, 1.0), "final_std": Range(0.0, 1.0)}
+    search_space = TRAINING_SPACE | {"start_std": Range(0.0, 1.0), "final_std": Range(0.0, 1.0)}
 
     @classmethod
     def unsupported(cls, task, skeleton):
@@ -34,7 +34,7 @@ class ConfuseFineTune(FineTune):
 
     def confuse(self, std: float) -> None:
         """The stem convolution's weights ← N(w, std²), drawn from the run's generator."""
-        _, stem = conv2d_layers(self.model)[0]
+        _, stem = conv2d_layers(self.model, trainable=True)[0]
         with torch.no_grad():
             noise = torch.randn(stem.weight.shape, generator=self.ctx.generator).to(stem.weight.device, stem.weight.dtype)
             stem.weight.add_(std * noise)

@@ -1,6 +1,6 @@
 import torch
 
-from mubench.api import Range, Taxonomy
+from mubench.api import TRAINING_SPACE, Range, Taxonomy
 from mubench.api.anatomy import conv2d_layers, without_convolutions
 from mubench.loop import cosine_factor
 from mubench.methods.references import FineTune
@@ -20,7 +20,7 @@ class ConvolutionTranspose(FineTune):
     summary = "transpose every convolution kernel, then fine-tune on D_r (cosine schedule)"
     taxonomy = Taxonomy("none", "weights", "loss", "dense, internal")
     defaults = FineTune.defaults | dict(epochs=3, batch_size=64, optimizer="sgd", lr=1e-3, momentum=0.9, weight_decay=5e-4)
-    search_space = FineTune.search_space | {"batch_size": Range(32, 256, log=True)}
+    search_space = TRAINING_SPACE | {"batch_size": Range(32, 256, log=True)}
 
     @classmethod
     def unsupported(cls, task, skeleton):
@@ -28,7 +28,7 @@ class ConvolutionTranspose(FineTune):
 
     def setup(self):
         with torch.no_grad():
-            for _, conv in conv2d_layers(self.model):
+            for _, conv in conv2d_layers(self.model, trainable=True):
                 conv.weight.data = conv.weight.data.transpose(2, 3).contiguous()
 
     def learning_rate_factor(self, group, step, epoch):

@@ -1,7 +1,7 @@
 import torch
 import torch.nn.functional as F
 
-from mubench.api import Method, Pass, Range, Taxonomy, output_problem
+from mubench.api import TRAINING_SPACE, Method, Pass, Range, Taxonomy, output_problem
 from mubench.loop import cosine_factor
 
 
@@ -25,7 +25,7 @@ class ForgetContrastStrengthen(Method):
     defaults = Method.defaults | dict(epochs=8, batch_size=256, optimizer="sgd", lr=0.005, momentum=0.9, weight_decay=0.0,
                                       forget_lr=3e-4, forget_momentum=0.9, forget_weight_decay=0.0, retain_lr=1e-3,
                                       retain_momentum=0.9, retain_weight_decay=1e-2, temperature=1.15, eta_min=1e-6)
-    search_space = Method.search_space | {"forget_lr": Range(1e-5, 1e-1, log=True), "retain_lr": Range(1e-5, 1e-1, log=True),
+    search_space = TRAINING_SPACE | {"forget_lr": Range(1e-5, 1e-1, log=True), "retain_lr": Range(1e-5, 1e-1, log=True),
                                           "temperature": Range(0.5, 5.0), "eta_min": Range(1e-6, 1e-1, log=True)}
 
     @classmethod

@@ -1,7 +1,7 @@
 import torch
 import torch.nn.functional as F
 
-from mubench.api import Method, Pass, Range, Taxonomy
+from mubench.api import TRAINING_SPACE, Method, Pass, Range, Taxonomy
 from mubench.api.losses import target_rows
 from mubench.data import Batch
 
@@ -28,7 +28,7 @@ class GradDiff(Method):
     defaults = Method.defaults | dict(epochs=10, batch_size=8, grad_accum_steps=4, optimizer="adamw", lr=1e-5, weight_decay=0.0,
                                       gamma=1.0, alpha=1.0, retain_loss="nll")
     choices = Method.choices | {"retain_loss": ("nll", "kl")}
-    search_space = Method.search_space | {"alpha": Range(0.0, 10.0), "gamma": Range(0.0, 10.0)}
+    search_space = TRAINING_SPACE | {"alpha": Range(0.0, 10.0), "gamma": Range(0.0, 10.0)}
 
     def setup(self):
         if self.needs_reference or self.hp.retain_loss == "kl":

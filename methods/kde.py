@@ -1,6 +1,6 @@
 import torch.nn.functional as F
 
-from mubench.api import Method, Pass, Range, Taxonomy, output_problem
+from mubench.api import TRAINING_SPACE, Method, Pass, Range, Taxonomy, output_problem
 from mubench.api.anatomy import conv2d_layers, head, reset_like_torch
 from mubench.loop import cosine_factor
 
@@ -26,7 +26,7 @@ class KnowledgeDistillationEntropy(Method):
     defaults = Method.defaults | dict(warmup_epochs=3, epochs=3, batch_size=64, optimizer="sgd", lr=9e-4, momentum=0.9,
                                       weight_decay=5e-4, retain_lr=1e-3, retain_momentum=0.9, retain_weight_decay=5e-4,
                                       temperature=5.0)
-    search_space = Method.search_space | {"retain_lr": Range(1e-5, 1e-1, log=True), "temperature": Range(0.5, 5.0),
+    search_space = TRAINING_SPACE | {"retain_lr": Range(1e-5, 1e-1, log=True), "temperature": Range(0.5, 5.0),
                                           "warmup_epochs": Range(0, 10)}
 
     @classmethod
@@ -41,7 +41,7 @@ class KnowledgeDistillationEntropy(Method):
 
     def setup(self):
         self.teacher = self.ctx.frozen_copy()
-        stem = conv2d_layers(self.model)[:1]
+        stem = conv2d_layers(self.model, trainable=True)[:1]
         for layer in [conv for _, conv in stem] + [head(self.model)]:
             reset_like_torch(layer, self.ctx.generator)
 

@@ -1,4 +1,4 @@
-from mubench.api import Pass, Range, Taxonomy
+from mubench.api import TRAINING_SPACE, Pass, Range, Taxonomy
 from mubench.methods.references import FineTune
 
 
@@ -14,7 +14,7 @@ class L1Sparse(FineTune):
     name = "l1sparse"
     summary = "fine-tune on D_r with a decaying ℓ1 penalty on the weights"
     taxonomy = Taxonomy("none", "none", "loss", "sparse, internal")
-    search_space = FineTune.search_space | {"alpha": Range(1e-5, 1e-2, log=True)}
+    search_space = TRAINING_SPACE | {"alpha": Range(1e-5, 1e-2, log=True)}
     defaults = FineTune.defaults | dict(epochs=10, batch_size=256, optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=5e-4,
                                         alpha=5e-4, no_l1_epochs=0)
 

@@ -2,7 +2,7 @@ import functools
 
 import torch
 
-from mubench.api import Range, Taxonomy
+from mubench.api import TRAINING_SPACE, Range, Taxonomy
 from mubench.api.anatomy import conv2d_layers, drawn, without_convolutions
 from mubench.methods.references import FineTune
 
@@ -27,7 +27,7 @@ class MaskedSmallGradients(FineTune):
     taxonomy = Taxonomy("loss", "weights", "loss", "dense, internal")
     defaults = FineTune.defaults | dict(epochs=5, batch_size=64, optimizer="sgd", lr=1e-3, momentum=0.9, weight_decay=5e-4,
                                         init_rate=0.3, small_scale=0.1)
-    search_space = FineTune.search_space | {"init_rate": Range(0.0, 1.0)}
+    search_space = TRAINING_SPACE | {"init_rate": Range(0.0, 1.0)}
 
     @classmethod
     def unsupported(cls, task, skeleton):
@@ -46,7 +46,7 @@ class MaskedSmallGradients(FineTune):
         gradient = {id(p): sum(g for g in (r, f) if g is not None) for p, r, f in zip(params, retain, forget)}
         self.scales = []
         with torch.no_grad():
-            for _, conv in conv2d_layers(self.model):
+            for _, conv in conv2d_layers(self.model, trainable=True):
                 weight = conv.weight
                 g = gradient.get(id(weight), 0)
                 smallest = torch.argsort((g if torch.is_tensor(g) else torch.zeros_like(weight)).abs().flatten(), stable=True)

@@ -1,4 +1,4 @@
-from mubench.api import Method, Pass, Range, Taxonomy
+from mubench.api import TRAINING_SPACE, Method, Pass, Range, Taxonomy
 
 
 class NegGradPlus(Method):
@@ -14,7 +14,7 @@ class NegGradPlus(Method):
     summary = "α·loss on D_r − (1−α)·loss on D_f, in paired batches"
     taxonomy = Taxonomy("loss", "gradient", "loss", "dense, internal")
     train_mode = False  # Deep Unlearn's run_neggrad_epoch: model.eval()
-    search_space = Method.search_space | {"alpha": Range(0.5, 1.0)}
+    search_space = TRAINING_SPACE | {"alpha": Range(0.5, 1.0)}
     defaults = Method.defaults | dict(epochs=10, batch_size=256, optimizer="sgd", lr=0.01, momentum=0.9, alpha=0.95)
 
     @classmethod

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mubench.api import Pass, Range, Taxonomy, output_problem
+from mubench.api import TRAINING_SPACE, Pass, Range, Taxonomy, output_problem
 from mubench.api.method import FirstBatches
 from mubench.methods.references import FineTune
 
@@ -34,7 +34,7 @@ class PruneReinitQuantise(FineTune):
     taxonomy = Taxonomy("none", "weights", "loss+logits", "dense, internal")
     defaults = FineTune.defaults | dict(epochs=3.2, batch_size=64, optimizer="sgd", lr=5e-4, momentum=0.9, weight_decay=5e-4,
                                         prune_amount=0.99)
-    search_space = FineTune.search_space | {"epochs": Range(1.0, 10.0), "prune_amount": Range(0.5, 0.999)}
+    search_space = TRAINING_SPACE | {"epochs": Range(1.0, 10.0), "prune_amount": Range(0.5, 0.999)}
 
     @classmethod
     def unsupported(cls, task, skeleton):

@@ -1,6 +1,6 @@
 import torch
 
-from mubench.api import Method, Pass, Range, Taxonomy, output_problem
+from mubench.api import TRAINING_SPACE, Method, Pass, Range, Taxonomy, output_problem
 from mubench.api.anatomy import head, norm_parameters, reset_like_torch
 
 
@@ -26,7 +26,7 @@ class ResetNoiseImprove(Method):
     defaults = Method.defaults | dict(epochs=9, batch_size=64, optimizer="sgd", lr=2e-4, momentum=0.9, weight_decay=5e-4,
                                       fine_epochs=4, fine_lrs=[2e-4, 2e-4, 2e-4, 1e-3], fine_momentum=0.9,
                                       fine_weight_decay=5e-4, layers=9, reset_epochs=1, noise_ratio=0.7, noise=0.04)
-    search_space = Method.search_space | {"fine_epochs": Range(0, 10), "reset_epochs": Range(0, 10),
+    search_space = TRAINING_SPACE | {"fine_epochs": Range(0, 10), "reset_epochs": Range(0, 10),
                                           "noise_ratio": Range(0.0, 1.0), "noise": Range(0.0, 1.0)}
 
     @classmethod

@@ -1,6 +1,6 @@
 import torch
 
-from mubench.api import Range, Taxonomy
+from mubench.api import TRAINING_SPACE, Range, Taxonomy
 from mubench.methods.randlabel import RandLabel
 
 
@@ -19,7 +19,7 @@ class SalUn(RandLabel):
     name = "salun"
     summary = "random labels on the weights most salient to D_f"
     taxonomy = Taxonomy("loss", "data", "loss", "sparse, internal")
-    search_space = RandLabel.search_space | {"mask_ratio": Range(0.1, 1.0)}
+    search_space = TRAINING_SPACE | {"mask_ratio": Range(0.1, 1.0)}
     defaults = RandLabel.defaults | dict(
         mask_ratio=0.5, epochs=10, optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=5e-4, batch_size=256,
     )

@@ -1,4 +1,4 @@
-from mubench.api import Method, Pass, Range, Taxonomy
+from mubench.api import TRAINING_SPACE, Method, Pass, Range, Taxonomy
 
 
 class SCRUB(Method):
@@ -14,7 +14,7 @@ class SCRUB(Method):
     name = "scrub"
     summary = "max-min teacher-student passes over D_f and D_r"
     taxonomy = Taxonomy("loss", "gradient", "loss+representation", "dense, internal")  # MU-Bench's Table 2
-    search_space = Method.search_space | {"alpha": Range(0.0, 1.0), "gamma": Range(0.0, 1.0), "temperature": Range(0.5, 5.0),
+    search_space = TRAINING_SPACE | {"alpha": Range(0.0, 1.0), "gamma": Range(0.0, 1.0), "temperature": Range(0.5, 5.0),
                                           "msteps": Range(1, 5)}
     defaults = Method.defaults | dict(
         epochs=5, msteps=3, alpha=0.5, gamma=1.0, temperature=4.0, optimizer="sgd", lr=5e-4,

@@ -307,7 +307,7 @@ def cmd_validate(args) -> int:
     from mubench.api.registry import Registry
     from mubench.recheck import recheck
 
-    registry = None
+    registry, drawn = None, {}
     failed = 0
     for path in args.files:
         try:
@@ -316,7 +316,7 @@ def cmd_validate(args) -> int:
                 print(f"{path}: ok (task card '{card.name}')")
             else:
                 registry = registry or Registry(args.include_path)
-                skipped = recheck(path, registry, read_data=not args.no_data, data_dir=args.data_dir)
+                skipped = recheck(path, registry, read_data=not args.no_data, data_dir=args.data_dir, drawn=drawn)
                 print(f"{path}: ok (result" + (f"; not re-checked: {skipped})" if skipped else ")"))
         except UserError as e:
             print(f"mubench: invalid: {e}", file=sys.stderr)
@@ -356,7 +356,7 @@ def print_leaderboard(folders: list[Path], out: Path, registry, read_data: bool)
     board = build(*collect(folders, registry, read_data=read_data), registry)
     for problem in board["rejected"]:
         print(f"mubench: skipped: {problem['error']}", file=sys.stderr)
-    index = write_site(board, out)
+    index = write_site(board, out, registry)
     rows = sum(len(entry["rows"]) for entry in board["tasks"].values())
     print(f"leaderboard: {board['n_results']} results in {rows} rows over {len(board['tasks'])} tasks"
           + (f"; {len(board['rejected'])} files skipped" if board["rejected"] else "") + f"\npage: {index}")

@@ -25,13 +25,14 @@ from mubench.files import atomic_folder, write_json
 from mubench.recheck import recheck
 from mubench.results import given_args, load_result, mean_ci
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+FACETS = ("knowledge", "corruption", "retention", "parameters")
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f", "#bcbd22")
 
 
 def collect(folders: list[Path], registry, read_data: bool = True) -> tuple[list[tuple[Path, dict]], list[dict]]:
     """Every result file under ``folders``, validated as ``mubench validate`` does; the accepted and the rejected (with why)."""
-    accepted, rejected = [], []
+    accepted, rejected, drawn = [], [], {}
     for folder in folders:
         folder = Path(folder)
         if not folder.exists():
@@ -40,7 +41,7 @@ def collect(folders: list[Path], registry, read_data: bool = True) -> tuple[list
             if any(part.startswith(".") for part in path.relative_to(folder).parts) or path.name == "leaderboard.json":
                 continue  # a sweep's own state, a built leaderboard
             try:
-                recheck(path, registry, read_data=read_data)
+                recheck(path, registry, read_data=read_data, drawn=drawn)
                 accepted.append((path, load_result(path)))
             except UserError as e:
                 rejected.append({"file": str(path), "error": str(e)})
@@ -73,6 +74,7 @@ def row_values(results: list[dict]) -> dict:
     values["unlearn_s"] = summarise([r["times"]["unlearn_s"] for r in results])
     if all("reference" in r for r in results):
         values["deep_unlearn_score"] = summarise([r["reference"]["deep_unlearn_score"] for r in results])
+        values["efficiency"] = summarise([r["reference"]["efficiency"] for r in results])
         for key in results[0]["reference"]["gap"]:
             values[f"gap_{key}"] = summarise([r["reference"]["gap"].get(key) for r in results])
     return {key: value for key, value in values.items() if value is not None}
@@ -102,6 +104,24 @@ def rank(rows: list[dict]) -> None:
                 row[field] = place
 
 
+def by_facet(rows: list[dict]) -> dict:
+    """Per taxonomy facet and value: how many rows have it and their mean ranks (overall, and by the gap to retraining)."""
+    out = {}
+    for facet in FACETS:
+        groups = {}
+        for row in rows:
+            value = row["taxonomy"][facet] if row["taxonomy"] else "undeclared"
+            groups.setdefault(value, []).append(row)
+        out[facet] = {}
+        for value, members in sorted(groups.items()):
+            summary = {"rows": len(members)}
+            for field in ("rank_overall", "rank_gap"):
+                ranks = [row[field] for row in members if row[field] is not None]
+                summary[f"mean_{field}"] = sum(ranks) / len(ranks) if ranks else None
+            out[facet][value] = summary
+    return out
+
+
 def build(accepted: list[tuple[Path, dict]], rejected: list[dict], registry) -> dict:
     """The aggregated, ranked leaderboard (see ``mubench/schemas/leaderboard.schema.json``)."""
     grouped, seen = {}, {}
@@ -128,12 +148,14 @@ def build(accepted: list[tuple[Path, dict]], rejected: list[dict], registry) -> 
             "deletion_ratio": config["deletion_ratio"], "forget_classes": split.get("forget_classes"),
             "n_forget": split["n_forget"], "forget_sha256": split["forget_sha256"], "split_seed": split["split_seed"],
             "original_seed": config.get("original_seed"), "method_args": given_args(first), "peft": config["peft"],
-            "deletion_set": deletion_set, "seeds": sorted(r["config"]["seed"] for r in results),
+            "deletion_set": deletion_set, "taxonomy": first["method_info"]["taxonomy"],
+            "seeds": sorted(r["config"]["seed"] for r in results),
             "files": [str(path) for path, _ in members], "values": row_values(results),
             "samples": [dict(sample, file=str(members[0][0].parent / sample["file"])) for sample in first.get("samples", [])],
         })
     for entry in tasks.values():
         rank(entry["rows"])
+        entry["by_facet"] = by_facet(entry["rows"])
     board = {"schema_version": SCHEMA_VERSION, "mubench_version": __version__,
              "generated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
              "n_results": len(seen), "rejected": rejected, "tasks": tasks}
@@ -212,24 +234,37 @@ def task_section(name: str, entry: dict, images: dict) -> str:
     colour = colours(rows)
     columns = [f"test_{metric}", f"forget_{metric}", f"retain_{metric}", "overall_score", "deep_unlearn_score", "unlearn_s"]
     columns += sorted({key for row in rows for key in row["values"] if not key.startswith("gap_")} - set(columns))
-    head = ["method", "model", "deletion", "seeds", "rank (overall)", "rank (gap)", *columns, "protocol", "forget_sha256"]
+    head = ["method", "model", "deletion", "seeds", "rank (overall)", "rank (gap)", *columns, *FACETS, "protocol", "forget_sha256"]
     out = [f'<section id="task-{html.escape(name)}"><h2>{html.escape(name)}</h2>',
            f'<p>{html.escape(entry["task_type"])} · {html.escape(entry["modality"])} · primary metric <code>{html.escape(metric)}</code> · '
            f'card <code>{entry["card_sha256"][:12]}</code>. Ranks are within one deletion set (same <code>forget_sha256</code>); '
            f'mean ± 95% CI over seeds. Click a column to sort.</p>',
            '<table class="board"><thead><tr>' + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr></thead><tbody>"]
     for row in rows:
+        facets = row["taxonomy"] or dict.fromkeys(FACETS, "undeclared")
         deletion = "classes " + "+".join(row["forget_classes"]) if row["forget_classes"] else f"{row['deletion_ratio'] * 100:g}%"
         cells = [f'<span style="color:{colour[label(row)]}">■</span> {html.escape(label(row))}',
                  html.escape(row["model"]), deletion, str(len(row["seeds"])),
                  str(row["rank_overall"] or "–"), str(row["rank_gap"] or "–"),
                  *[number(row["values"].get(c), 2 if c == "unlearn_s" else 4) for c in columns],
-                 html.escape(row["protocol"]), f'<code title="{row["forget_sha256"]}">{row["forget_sha256"][:10]}</code>']
+                 *[html.escape(facets[f]) for f in FACETS], html.escape(row["protocol"]),
+                 f'<code title="{row["forget_sha256"]}">{row["forget_sha256"][:10]}</code>']
         sort_keys = [label(row), row["model"], row["deletion_ratio"], len(row["seeds"]), row["rank_overall"], row["rank_gap"],
-                     *[row["values"].get(c, {}).get("mean") for c in columns], row["protocol"], row["forget_sha256"]]
+                     *[row["values"].get(c, {}).get("mean") for c in columns], *[facets[f] for f in FACETS], row["protocol"],
+                     row["forget_sha256"]]
         out.append("<tr>" + "".join(f'<td data-sort="{html.escape(str("" if k is None else k))}">{c}</td>'
                                     for c, k in zip(cells, sort_keys)) + "</tr>")
     out.append("</tbody></table>")
+    out.append("<h3>Mean rank by taxonomy facet (MU-Bench's Table 2)</h3><div class=\"plots\">")
+    for facet, values in entry["by_facet"].items():
+        out.append(f'<table class="facet"><thead><tr><th>{html.escape(facet)}</th><th>rows</th><th>rank (overall)</th>'
+                   '<th>rank (gap)</th></tr></thead><tbody>')
+        for value, summary in values.items():
+            ranks = ["–" if summary[k] is None else f"{summary[k]:.1f}" for k in ("mean_rank_overall", "mean_rank_gap")]
+            out.append(f'<tr><td data-sort="{html.escape(value)}">{html.escape(value)}</td><td data-sort="{summary["rows"]}">'
+                       f'{summary["rows"]}</td>' + "".join(f'<td data-sort="{r if r != "–" else ""}">{r}</td>' for r in ranks) + "</tr>")
+        out.append("</tbody></table>")
+    out.append("</div>")
     plots = []
     curves = {}
     for row in rows:
@@ -264,13 +299,14 @@ def task_section(name: str, entry: dict, images: dict) -> str:
     return "\n".join(out)
 
 
-STYLE = """body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}table.board{border-collapse:collapse;font-size:12px;margin:.5em 0}
+STYLE = """body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
+table.board,table.facet{border-collapse:collapse;font-size:12px;margin:.5em 0}
 th,td{border:1px solid #ccc;padding:2px 6px;text-align:right;white-space:nowrap}th{background:#f3f3f3;cursor:pointer}
 td:first-child,th:first-child{text-align:left}.plots{display:flex;flex-wrap:wrap;gap:8px}.plot .title{font-size:12px;font-weight:bold}
 .plot .tick{font-size:10px}.plot .label{font-size:11px}.plot .axis{stroke:#444}.samples{display:flex;flex-wrap:wrap;gap:6px}
 figure{margin:0;font-size:10px;width:110px}th.asc::after{content:" ▲"}th.desc::after{content:" ▼"}"""
 
-SORT_SCRIPT = """document.querySelectorAll("table.board").forEach(function (table) {
+SORT_SCRIPT = """document.querySelectorAll("table.board, table.facet").forEach(function (table) {
   table.querySelectorAll("th").forEach(function (th, index) {
     th.addEventListener("click", function () {
       var ascending = !th.classList.contains("asc");
@@ -305,8 +341,75 @@ def page(board: dict, images: dict) -> str:
         f"<script>{SORT_SCRIPT}</script>", "</body></html>"])
 
 
-def write_site(board: dict, out: Path) -> Path:
-    """``leaderboard.json``, ``index.html`` and the sample images they show, written into ``out`` as one unit."""
+def headline_rows(entry: dict, card) -> list[dict]:
+    """A task's rows on the card's own deletion set (its default ratio, or its classes; the card's split and θ₀, no
+    given arguments, no PEFT): the original, the retrained model, then the rest by the gap to retraining (closest first)."""
+    rows = [row for row in entry["rows"] if not row["method_args"] and row["peft"] is None and row["original_seed"] is None
+            and row["split_seed"] == card.split_seed and (row["forget_classes"] or row["deletion_ratio"] == card.default_ratio)]
+    def order(row):
+        gap = row["values"].get("deep_unlearn_score", {}).get("mean")
+        return ({"original": 0, "retrain": 1}.get(row["method"], 2), math.inf if gap is None else gap, row["method"])
+    return sorted(rows, key=order)
+
+
+def markdown(board: dict, registry) -> str:
+    """The result tables of every task, as Markdown (the README's): per method, mean ± 95% CI over seeds of the primary
+    metric on D_test, D_f and D_r (and the forgotten classes' test examples), the attacks, MU-Bench's overall score,
+    Deep Unlearn's gap to retraining, the D_f gap, the efficiency t_retrain / t_method and the unlearning seconds; for a
+    task with several deletion ratios, its deletion capacity too."""
+    out = []
+    for name, entry in board["tasks"].items():
+        card, m = registry.card(name), entry["metric"]
+        rows = headline_rows(entry, card)
+        if not rows:
+            continue
+        parts = ["test", "forget", "retain"] + (["forgotten"] if any(f"forgotten_{m}" in r["values"] for r in rows) else [])
+        columns = [(f"{part}_{m}", f"{part} {m}", 3) for part in parts] + [
+            ("forget_mia_efficacy", "MIA-efficacy", 2), ("forget_mia_loss_acc", "loss attack", 2),
+            ("overall_score", "MU-Bench overall", 3), ("deep_unlearn_score", "Deep Unlearn ↓", 3),
+            (f"gap_forget_{m}", "D_f gap to retrain", 3), ("efficiency", "efficiency", 1)]
+        first = rows[0]
+        where = "classes " + ", ".join(first["forget_classes"]) if first["forget_classes"] else f"{first['deletion_ratio'] * 100:g}%"
+        out += [f"**`{name}`** ({where}, {first['n_forget']} examples of D_f; seeds {', '.join(map(str, first['seeds']))}):", "",
+                "| method | " + " | ".join(title for _, title, _ in columns) + " | unlearn s |",
+                "|---" * (len(columns) + 2) + "|"]
+        for row in rows:
+            cells = []
+            for key, _, digits in columns:
+                if row["method"] == "retrain" and key in ("deep_unlearn_score", f"gap_forget_{m}", "efficiency"):
+                    cells.append("0 (itself)" if key == "deep_unlearn_score" else "0" if key.startswith("gap") else "1")
+                else:
+                    cells.append(number(row["values"].get(key), digits))
+            seconds = row["values"].get("unlearn_s")
+            cells.append("–" if seconds is None else f"{seconds['mean']:.2f}")
+            out.append(f"| `{row['method']}` | " + " | ".join(cells) + " |")
+        out.append("")
+        ratios = sorted({row["deletion_ratio"] for row in entry["rows"] if not row["forget_classes"]})
+        if len(ratios) > 2:
+            shown = [ratios[0], card.default_ratio, ratios[-1]]
+            out += [f"**Deletion capacity on `{name}`**: test {m} / D_f {m} / MU-Bench overall / rank by the gap to retraining, "
+                    "means over the seeds:", "", "| method | " + " | ".join(f"{r * 100:g}%" for r in shown) + " |",
+                    "|---" * (len(shown) + 1) + "|"]
+            for row in rows:
+                cells = []
+                for ratio in shown:
+                    [match] = [r for r in entry["rows"] if r["method"] == row["method"] and r["deletion_ratio"] == ratio
+                               and not r["method_args"] and r["split_seed"] == card.split_seed and r["original_seed"] is None
+                               and r["peft"] is None] or [None]
+                    if match is None:
+                        cells.append("–")
+                        continue
+                    v = match["values"]
+                    triple = [f"{v[k]['mean']:.3f}" if k in v else "–" for k in (f"test_{m}", f"forget_{m}", "overall_score")]
+                    cells.append(" / ".join(triple + ["–" if row["method"] == "retrain" else str(match["rank_gap"] or "–")]))
+                out.append(f"| `{row['method']}` | " + " | ".join(cells) + " |")
+            out.append("")
+    return "\n".join(out)
+
+
+def write_site(board: dict, out: Path, registry) -> Path:
+    """``leaderboard.json``, ``index.html``, the result tables as Markdown (``tables.md``) and the sample images the page
+    shows, written into ``out`` as one unit."""
     out = Path(out)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "leaderboard.json").is_file())):
         raise UserError(f"--out {out}: exists and is not a leaderboard built before; name a new folder")
@@ -323,4 +426,5 @@ def write_site(board: dict, out: Path) -> Path:
                         images[sample["file"]] = name
         write_json(tmp / "leaderboard.json", board)
         (tmp / "index.html").write_text(page(board, images), encoding="utf-8")
+        (tmp / "tables.md").write_text(markdown(board, registry), encoding="utf-8")
     return out / "index.html"

@@ -50,12 +50,14 @@ def check_split(result: dict, prepared: Prepared, source) -> None:
         raise UserError(f"{source}: {key_path(('config', 'deletion_ratio'))}: differs from the deletion set's ratio {prepared.ratio}")
 
 
-def recheck(path: Path, registry, read_data: bool = True, data_dir: Path | None = None) -> str:
+def recheck(path: Path, registry, read_data: bool = True, data_dir: Path | None = None, drawn: dict | None = None) -> str:
     """Validate a result file (see :func:`mubench.results.validate_result`) and re-draw its deletion set.
 
     Returns what could not be re-checked ('' when everything was): with
     ``read_data`` off, or when the task's data cannot be read here, the deletion set,
-    the data fingerprint and an accuracy task's overall score.
+    the data fingerprint and an accuracy task's overall score. ``drawn`` keeps the
+    deletion sets drawn for earlier files (many files, one task: it is read once per
+    deletion set).
     """
     result = load_result(path)
     skipped = "the deletion set, the data and the overall score"
@@ -63,12 +65,18 @@ def recheck(path: Path, registry, read_data: bool = True, data_dir: Path | None 
         validate_result(result, path, registry)
         return f"{skipped} (--no-data)"
     schema_errors(result, "result", path)  # the fields the split is drawn from are there
-    prepared = prepared_for(result, registry, data_dir, path)
-    try:
-        prepared.read()
-    except UserError as e:
-        validate_result(result, path, registry)
-        return f"{skipped} (the task's data cannot be read here: {e})"
+    config = result["config"]
+    key = (result["task"], result["model"], config["deletion_ratio"], config.get("split_seed"), config.get("original_seed"), data_dir)
+    prepared = (drawn or {}).get(key)
+    if prepared is None:
+        prepared = prepared_for(result, registry, data_dir, path)
+        try:
+            prepared.read()
+        except UserError as e:
+            validate_result(result, path, registry)
+            return f"{skipped} (the task's data cannot be read here: {e})"
+        if drawn is not None:
+            drawn[key] = prepared
     check_split(result, prepared, path)
     validate_result(result, path, registry, prepared.task)
     return ""

@@ -130,8 +130,6 @@ def validate_result(result: dict, source, registry, task=None) -> None:
         method = registry.method(result["method"])
     except UserError as e:
         fail(("method",), str(e))
-    if result["method_info"] != method_info(method):
-        fail(("method_info",), f"is not what method '{method.name}' declares ({method_info(method)})")
     if result["task_card"]["sha256"] != card.sha256:
         fail(("task_card", "sha256"), f"is not the hash of task '{card.name}''s card {card.path} (made with another version of it?)")
     if result["model"] not in card.models:
@@ -165,6 +163,9 @@ def validate_result(result: dict, source, registry, task=None) -> None:
                 fail(("results", block, key), f"{value} lies outside {name}'s range [{low}, {'inf' if high is None else high}]")
     if result["method"] == "original" and result["results"]["original"] != result["results"]["unlearned"]:
         fail(("results",), "the 'original' method must leave the model's metrics unchanged")
+
+    if result["method_info"] != method_info(method):
+        fail(("method_info",), f"is not what method '{method.name}' declares ({method_info(method)})")
 
     budget = result["unlearning"]["budget_examples"]
     if config["time_budget"] == "retrain":

@@ -22,7 +22,9 @@ from mubench.results import validate_result
 from mubench.tasks.diffusion import classifier_hits, clip_scores
 
 REPO = Path(__file__).resolve().parents[1]
-METHODS = ["neggrad", "randlabel", "badt", "scrub", "salun", "esd", "retrain", "original", "finetune"]
+METHODS = ["neggrad", "randlabel", "badt", "scrub", "salun", "esd", "retrain", "original", "finetune", "ct", "msg", "iu", "graddiff"]
+# The roster's methods that read class or token logits, or a classifier's head: each says so in one line.
+REFUSING = ["fisher", "fcs", "cfw", "prmq", "kde", "rni", "cfk", "euk", "npo", "simnpo", "dpo", "rmu", "undial", "wga", "satimp"]
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +92,34 @@ def test_every_method_runs_on_text_to_image(run_t2i, t2i_registry, method):
         assert (path.parent / sample["file"]).is_file() and sample["prompt"].startswith("a photo of a ")
     forgotten_prompt = {s["prompt"] for s in samples if s["part"] == "forget"}
     assert len(forgotten_prompt) == 1  # D_f's prompt is its class's
+
+
+@pytest.mark.parametrize("method", REFUSING)
+def test_methods_for_logits_refuse_a_diffusion_model_in_one_line(t2i_registry, task_data, tmp_path, method):
+    from mubench.errors import UserError
+    from mubench.harness import RunConfig, run
+
+    config = RunConfig(task="t2i_classes_tiny", method=method, data_dir=task_data("tiny_imagenet"), output_path=tmp_path / "out")
+    with pytest.raises(UserError, match=f"^method '{method}' cannot run on task 't2i_classes_tiny': "):
+        run(config, t2i_registry)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("method", ["ct", "msg"])
+def test_convolution_methods_edit_the_unet_and_leave_the_frozen_vae_alone(t2i_registry, task_data, method):
+    """CT and MSG edit the convolutions that train (the UNet's), never the VAE's, which encodes and decodes the images."""
+    import copy
+
+    from mubench.harness import Prepared
+
+    prepared = Prepared(t2i_registry, "t2i_classes_tiny", None, None, task_data("tiny_imagenet"))
+    prepared.load()
+    model = prepared.family.build()
+    vae, unet = copy.deepcopy(model.vae.state_dict()), copy.deepcopy(model.unet.state_dict())
+    cls = t2i_registry.method(method)
+    cls(prepared.context(model, 0, torch.device("cpu"), "fp32"), cls.resolve_args(prepared.card)).setup()
+    assert all(torch.equal(value, model.vae.state_dict()[key]) for key, value in vae.items())
+    assert any(not torch.equal(value, model.unet.state_dict()[key]) for key, value in unet.items())
 
 
 def test_the_trained_original_learned_the_training_images(run_t2i):

@@ -71,6 +71,18 @@ def test_different_deletion_sets_are_never_averaged_and_ranks_stay_within_one(bo
     assert by_gap[0]["rank_gap"] == 1
 
 
+def test_rows_carry_the_taxonomy_and_the_board_groups_ranks_by_facet(board, registry):
+    rows = board["tasks"]["digits"]["rows"]
+    for row in rows:
+        assert row["taxonomy"] == registry.method(row["method"]).taxonomy.as_dict()
+    corruption = board["tasks"]["digits"]["by_facet"]["corruption"]
+    assert set(corruption) == {"gradient", "none"}  # neggrad; finetune and original
+    assert corruption["gradient"]["rows"] == 2 and corruption["none"]["rows"] == 2
+    gradient = [row["rank_gap"] for row in rows if row["method"] == "neggrad"]
+    assert corruption["gradient"]["mean_rank_gap"] == pytest.approx(sum(gradient) / len(gradient))
+    assert set(board["tasks"]["digits"]["by_facet"]) == {"knowledge", "corruption", "retention", "parameters"}
+
+
 def test_a_tampered_or_duplicated_file_is_listed_and_skipped(board):
     rejected = {entry["file"].rsplit("/", 1)[-1]: entry["error"] for entry in board["rejected"]}
     assert "results.unlearned.forget_acc" in rejected["tampered.json"]
@@ -129,7 +141,7 @@ def chromium_page(index, viewport=(1400, 1000)):
     return manager, browser, page, errors
 
 
-def test_the_page_opens_from_the_file_system_in_headless_chromium(board, tmp_path):
+def test_the_page_opens_from_the_file_system_in_headless_chromium(board, tmp_path, registry):
     """No console errors; a table per task with its rows; the plots drawn; a click sorts a column; sample images load;
     and a screenshot shows it rendered."""
     assert shutil.which("chromium"), "Debian's chromium is installed by the README's test command"
@@ -138,21 +150,23 @@ def test_the_page_opens_from_the_file_system_in_headless_chromium(board, tmp_pat
     Image.fromarray(np.tile(np.arange(32, dtype=np.uint8)[:, None, None] * 8, (1, 32, 3))).save(image)
     with_samples["tasks"]["digits"]["rows"][0]["samples"] = [{"file": str(image), "model": "unlearned", "part": "forget",
                                                               "prompt": "a photo of a seven"}]
-    index = write_site(with_samples, tmp_path / "site")
+    index = write_site(with_samples, tmp_path / "site", registry)
+    assert (tmp_path / "site" / "tables.md").read_text().startswith("**`digits`** (5%")
     manager, browser, page, errors = chromium_page(index)
     try:
         rows = board["tasks"]["digits"]["rows"]
         assert page.locator("table.board").count() == len(board["tasks"])
+        assert page.locator("#task-digits table.facet").count() == 4  # mean ranks by each taxonomy facet
         assert page.locator("#task-digits table.board tbody tr").count() == len(rows)
         assert page.locator("svg.plot").count() >= 1 and page.locator("svg.plot circle").count() >= len(rows) - 1
         assert page.locator("h2", has_text="Rejected files").count() == 1
         loaded = page.evaluate("Array.from(document.images).map(function (img) { return img.complete && img.naturalWidth; })")
         assert loaded == [32]
 
-        header = page.locator("#task-digits th", has_text="test_acc")
-        column = page.evaluate("Array.from(document.querySelectorAll('#task-digits th')).map(function (th) { return th.textContent; })"
-                               ).index("test_acc")
-        read = ("Array.from(document.querySelectorAll('#task-digits tbody tr')).map("
+        header = page.locator("#task-digits table.board th", has_text="test_acc")
+        column = page.evaluate("Array.from(document.querySelectorAll('#task-digits table.board th'))"
+                               ".map(function (th) { return th.textContent; })").index("test_acc")
+        read = ("Array.from(document.querySelectorAll('#task-digits table.board tbody tr')).map("
                 f"function (tr) {{ return Number(tr.cells[{column}].dataset.sort); }})")
         header.click()
         ascending = page.evaluate(read)

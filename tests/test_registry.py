@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mubench.api import Method, hookimpl
+from mubench.api import Choice, Method, Range, Taxonomy, hookimpl
 from mubench.api.registry import Registry
 from mubench.errors import UserError
 from mubench.results import load_result, validate_result
@@ -294,3 +294,53 @@ def test_installed_layout_keeps_everything_inside_the_mubench_namespace(tmp_path
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert "[mubench]" in text and "tasks = mubench.tasks" in text and "methods = mubench.methods" in text
+
+
+@pytest.mark.parametrize("declared, problem", [
+    ({"taxonomy": Taxonomy("gradient", "data", "loss", "dense, internal")}, "taxonomy knowledge 'gradient' is not one of"),
+    ({"taxonomy": Taxonomy("loss", "data", "loss+loss", "dense, internal")}, "taxonomy retention 'loss+loss'"),
+    ({"taxonomy": Taxonomy("loss", "data", "loss", "dense")}, "taxonomy parameters 'dense'"),
+    ({"taxonomy": ("loss", "data", "loss", "dense, internal")}, "its taxonomy is ("),
+    ({"search_space": {"lrr": Range(1e-5, 1e-1, log=True)}}, "its search space names 'lrr', which is not one of its hyperparameters"),
+    ({"search_space": {"lr": Range(0.1, 0.01)}}, "search space 'lr': range [0.1, 0.01] is empty"),
+    ({"search_space": {"lr": Range(0.0, 0.1, log=True)}}, "not positive on a log scale"),
+    ({"search_space": {"epochs": Range(1, 2.5)}}, "integer hyperparameter has fractional ends"),
+    ({"search_space": {"optimizer": Choice(("sgd",))}}, "a choice needs two options"),
+    ({"search_space": {"optimizer": Choice(("sgd", 3))}}, "are not all of the default's type"),
+    ({"search_space": {"lr": (1e-5, 1e-1)}}, "not a Range or a Choice"),
+])
+def test_a_method_that_declares_nonsense_is_left_out_in_one_line(caplog, declared, problem):
+    Bad = type("Bad", (Method,), {"name": "bad", **declared})
+
+    class Plugin:
+        @hookimpl
+        def mubench_methods(self):
+            return [Bad]
+
+    registry = Registry(plugins=[Plugin()])
+    assert "bad" not in registry.methods and "neggrad" in registry.methods
+    [line] = [r.getMessage() for r in caplog.records if "'bad'" in r.getMessage()]
+    assert "method 'bad' is left out: " in line and problem in line
+
+
+def test_a_method_without_a_taxonomy_or_search_space_registers_with_the_training_knobs(caplog):
+    Plain = type("Plain", (Method,), {"name": "plain", "defaults": {"epochs": 2, "sigma": 0.1}})
+
+    class Plugin:
+        @hookimpl
+        def mubench_methods(self):
+            return [Plain]
+
+    registry = Registry(plugins=[Plugin()])
+    assert registry.method("plain").knobs() == {"epochs": Range(1, 10)} and registry.method("plain").taxonomy is None
+
+
+def test_the_roster_has_thirty_methods_each_placed_in_the_taxonomy(registry, cli):
+    assert len(registry.methods) >= 30
+    assert all(cls.taxonomy is not None and cls.declaration_problem() is None for cls in registry.methods.values())
+    listed = cli("list", "methods")
+    assert listed.returncode == 0, listed.stderr
+    rows = {line.split()[0]: line for line in listed.stdout.splitlines()[1:]}
+    assert set(rows) == set(registry.methods)
+    assert rows["salun"].split()[1:5] == ["loss", "data", "loss", "sparse,"] and "internal" in rows["salun"]
+    assert rows["rmu"].split()[1:4] == ["representation", "model", "representation"]

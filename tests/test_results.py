@@ -32,6 +32,9 @@ def result(run_digits):
     (lambda r: r["metrics"]["acc"].update(forgotten="gone"), "key 'metrics.acc.forgotten'"),
     (lambda r: r["config"].update(device="tpu"), "key 'config.device'"),
     (lambda r: r.update(method="original"), "'original' method must leave the model's metrics unchanged"),
+    (lambda r: r["method_info"]["taxonomy"].update(corruption="data"), "key 'method_info': is not what method 'neggrad' declares"),
+    (lambda r: r["method_info"].update(taxonomy=None), "key 'method_info': is not what method 'neggrad' declares"),
+    (lambda r: r.pop("method_info"), "'method_info' is a required property"),
     # meaning, not only shape
     (lambda r: r["results"]["unlearned"].update(forget_acc=1.7),
      "key 'results.unlearned.forget_acc': 1.7 lies outside acc's range [0.0, 1.0]"),

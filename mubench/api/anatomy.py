@@ -39,9 +39,11 @@ def blocks(model: nn.Module) -> list[nn.Module]:
             if any(True for _ in child.parameters()) and not any(m is output for m in child.modules())]
 
 
-def conv2d_layers(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:
-    """Every 2-D convolution, with its name, in module order."""
-    return [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+def conv2d_layers(model: nn.Module, trainable: bool = False) -> list[tuple[str, nn.Conv2d]]:
+    """Every 2-D convolution (only those whose weights train, with ``trainable``: not a frozen VAE's), with its name, in
+    module order."""
+    return [(name, m) for name, m in model.named_modules()
+            if isinstance(m, nn.Conv2d) and (m.weight.requires_grad or not trainable)]
 
 
 def without_convolutions(skeleton) -> str | None:

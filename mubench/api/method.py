@@ -164,7 +164,7 @@ class Method:
     like the rest. ``train_mode = False`` trains with the model in eval mode (its
     authors' choice where BatchNorm statistics stay frozen). ``taxonomy`` places the
     method in MU-Bench's taxonomy and ``search_space`` names the knobs a tuner may
-    turn (hyperparameters of ``defaults``). During training, ``step`` is the
+    turn (hyperparameters of ``defaults``; by default ``TRAINING_SPACE``'s among them). During training, ``step`` is the
     optimiser step being taken.
     """
 
@@ -175,7 +175,7 @@ class Method:
     trains: ClassVar[bool] = True
     train_mode: ClassVar[bool] = True
     taxonomy: ClassVar[Taxonomy | None] = None
-    search_space: ClassVar[dict] = TRAINING_SPACE
+    search_space: ClassVar[dict | None] = None
     defaults: ClassVar[dict] = dict(
         epochs=1, batch_size=32, optimizer="adam", lr=1e-4, momentum=0.9, weight_decay=0.0,
         lr_decay_epochs=[], lr_decay=0.1, grad_accum_steps=1, max_grad_norm=0.0, warmup_steps=0,
@@ -235,6 +235,14 @@ class Method:
         return None
 
     @classmethod
+    def knobs(cls) -> dict:
+        """The search space: ``search_space``, or, where a method declares none, the training knobs (``lr``, ``epochs``)
+        among its hyperparameters."""
+        if cls.search_space is not None:
+            return cls.search_space
+        return {key: knob for key, knob in TRAINING_SPACE.items() if key in cls.defaults}
+
+    @classmethod
     def declaration_problem(cls) -> str | None:
         """What is wrong with the class's taxonomy or search space, in words, or None (checked as it registers)."""
         if cls.taxonomy is not None and not isinstance(cls.taxonomy, Taxonomy):
@@ -242,7 +250,7 @@ class Method:
         problem = cls.taxonomy.problem() if cls.taxonomy is not None else None
         if problem:
             return problem
-        for key, knob in cls.search_space.items():
+        for key, knob in cls.knobs().items():
             if key not in cls.defaults:
                 return f"its search space names '{key}', which is not one of its hyperparameters"
             if not isinstance(knob, (Range, Choice)):
