@@ -158,8 +158,9 @@ def test_a_failed_write_leaves_no_file(tmp_path):
 
 def test_leaderboard_results_are_valid_and_the_published_leaderboard_is_built_from_them(registry, monkeypatch):
     """Every published result passes `mubench validate` in full (its card, metrics, scores and re-drawn deletion set),
-    and the published leaderboard.json is what `mubench leaderboard` makes of them now."""
-    from mubench.leaderboard import build, collect
+    the published leaderboard.json and tables.md are what `mubench leaderboard` makes of them now, and the README's
+    result tables are those tables."""
+    from mubench.leaderboard import build, collect, markdown
 
     monkeypatch.chdir(REPO)  # the published page names its files relative to the repository
     accepted, rejected = collect([Path("leaderboard_results")], registry)
@@ -169,6 +170,11 @@ def test_leaderboard_results_are_valid_and_the_published_leaderboard_is_built_fr
     for board in (built, published):
         del board["generated"]
     assert built == published, "rebuild it: mubench leaderboard leaderboard_results --out leaderboard_results/site"
+    tables = markdown(built, registry)
+    assert (REPO / "leaderboard_results" / "site" / "tables.md").read_text() == tables
+    readme = (REPO / "README.md").read_text()
+    begin, end = "<!-- results-tables: leaderboard_results/site/tables.md -->\n", "<!-- results-tables end -->"
+    assert readme[readme.index(begin) + len(begin):readme.index(end)].strip() == tables.strip(), "paste tables.md into the README"
 
 
 @pytest.mark.parametrize("lora", [None, 4], ids=["full", "lora"])

@@ -1,10 +1,11 @@
 """Task cards: YAML files that name a task's data, models, metrics and recipes."""
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, lru_cache
 from importlib import resources
 from pathlib import Path
 
@@ -20,10 +21,14 @@ def schema(name: str) -> dict:
     return json.loads(resources.files("mubench.schemas").joinpath(f"{name}.schema.json").read_text())
 
 
+@cache
+def validator(name: str) -> jsonschema.Draft202012Validator:
+    return jsonschema.Draft202012Validator(schema(name))
+
+
 def schema_errors(instance, name: str, source) -> None:
     """Raise a one-line :class:`UserError` naming ``source``, the key and what was expected."""
-    validator = jsonschema.Draft202012Validator(schema(name))
-    error = jsonschema.exceptions.best_match(validator.iter_errors(instance))
+    error = jsonschema.exceptions.best_match(validator(name).iter_errors(instance))
     if error is not None:
         raise UserError(f"{source}: {key_path(error.absolute_path)}: {error.message}")
 
@@ -42,12 +47,18 @@ class CardLoader(yaml.SafeLoader):
         return super().compose_node(parent, index)
 
 
+@lru_cache(maxsize=256)
+def parsed(text: str):
+    """The YAML ``text`` parsed (kept per text: validating a thousand results reads their cards a thousand times)."""
+    return yaml.load(text, Loader=CardLoader)
+
+
 def read_yaml(path: Path) -> dict:
     """Read a YAML mapping (at most 1 MiB, no anchors or aliases); every problem is a one-line user error."""
     try:
         if path.stat().st_size > MAX_CARD_BYTES:
             raise UserError(f"{path}: larger than {MAX_CARD_BYTES} bytes; a task card is a few KB")
-        data = yaml.load(path.read_bytes().decode("utf-8"), Loader=CardLoader)
+        data = copy.deepcopy(parsed(path.read_bytes().decode("utf-8")))
     except OSError as e:
         raise UserError(f"{path}: cannot read: {e.strerror}") from None
     except UnicodeDecodeError as e:
