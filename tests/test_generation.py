@@ -96,6 +96,15 @@ def test_forgetting_lowers_d_f_rouge_while_original_keeps_it(run_generation, tas
     assert result["unlearned"]["forget_knowledge_gap"] > result["original"]["forget_knowledge_gap"]
 
 
+@pytest.mark.parametrize("method", ["graddiff", "npo", "dpo", "rmu", "undial", "wga"])
+def test_the_language_model_methods_forget_the_memorised_bios(run_generation, method):
+    """OpenUnlearning's methods on the tiny Llama that memorised D_f: D_f's ROUGE-L recall and likelihood fall (SimNPO,
+    whose forget loss weighs γ = 0.125, moves it only to 0.94 in this recipe's 5 epochs)."""
+    result = run_generation("biofact", method)[0]["results"]
+    assert result["unlearned"]["forget_rougeL_recall"] <= result["original"]["forget_rougeL_recall"] - 0.1
+    assert result["unlearned"]["forget_nll"] > result["original"]["forget_nll"]
+
+
 def test_biofact_records_scores_before_and_after_fine_tuning(run_generation, generation_registry):
     """The cached original's sidecar keeps the instruction model's scores before it learned the bios."""
     import json
