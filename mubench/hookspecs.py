@@ -80,7 +80,10 @@ def mubench_architectures():
 def mubench_methods():
     """Unlearning methods (subclasses of :class:`mubench.api.Method`) this plugin contributes.
 
-    Returns a list of classes, keyed by their ``name``.
+    Returns a list of classes, keyed by their ``name``. A class's ``taxonomy`` (a
+    :class:`mubench.api.Taxonomy`, or None) and ``search_space`` (hyperparameters to
+    :class:`mubench.api.Range` or :class:`mubench.api.Choice`) are checked as it
+    registers; a malformed one leaves the method out with a one-line warning.
     """
 
 
