@@ -81,3 +81,13 @@ def saved(generator: torch.Generator) -> torch.Generator:
 
 def params_close(model, twin):
     assert_close(list(model.parameters()), list(twin.parameters()))
+
+
+def check_step(m, batch, phase, twin, theirs, lr, momentum=0.0, weight_decay=0.0):
+    """``m``'s loss and gradients on ``batch`` equal ``theirs()`` on ``twin``, and so do the weights after one SGD step."""
+    assert abs(m.loss(batch, phase).item() - theirs().item()) < TOL
+    reference = grads_of(theirs(), twin)
+    assert_close(grads_of(m.loss(batch, phase), m.model), reference)
+    one_step(m, batch, phase)
+    reference_step(twin, reference, "sgd", lr, momentum=momentum, weight_decay=weight_decay)
+    params_close(m.model, twin)

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from fidelity_support import (
     TOL,
     assert_close,
+    check_step,
     grads_of,
     method,
     one_step,
@@ -59,11 +60,7 @@ def test_ct_transposes_every_convolution_then_fine_tunes_with_a_cosine(registry,
     retain = rows(batch, forget=False)
     x, y = retain.inputs["pixel_values"], retain.inputs["labels"]
     twin.train()
-    assert abs(m.loss(retain, "retain").item() - F.cross_entropy(twin(x), y).item()) < TOL
-    reference = grads_of(F.cross_entropy(twin(x), y), twin)
-    one_step(m, retain, "retain")
-    reference_step(twin, reference, "sgd", 0.05, momentum=0.9, weight_decay=5e-4)
-    params_close(ctx.model, twin)
+    check_step(m, retain, "retain", twin, lambda: F.cross_entropy(twin(x), y), 0.05, momentum=0.9, weight_decay=5e-4)
 
     cosine = lrs_of(torch.optim.lr_scheduler.CosineAnnealingLR, 4, T_max=4)
     assert [m.learning_rate_factor("main", 0, e) for e in range(4)] == pytest.approx(cosine, abs=1e-12)
@@ -427,12 +424,7 @@ def test_cfw_confuses_the_stem_and_weighs_the_classes(registry, conv_setting):
     def theirs():
         return torch.mean(F.cross_entropy(twin(x), y) * torch.tensor([weights[i] for i in y], dtype=torch.float32))
 
-    assert abs(m.loss(retain, "retain").item() - theirs().item()) < TOL
-    reference = grads_of(theirs(), twin)
-    assert_close(grads_of(m.loss(retain, "retain"), ctx.model), reference)
-    one_step(m, retain, "retain")
-    reference_step(twin, reference, "sgd", 0.05, momentum=0.9, weight_decay=5e-4)
-    params_close(ctx.model, twin)
+    check_step(m, retain, "retain", twin, theirs, 0.05, momentum=0.9, weight_decay=5e-4)
 
     for epoch in range(3):  # no noise until the last epoch
         m.passes(epoch)
@@ -491,12 +483,7 @@ def test_prmq_prunes_reinitialises_matches_entropy_and_quantises(registry, conv_
         output_entropy = torch.sum(-torch.softmax(outputs, dim=1) * torch.log_softmax(outputs, dim=1), dim=1)
         return ce + F.mse_loss(output_entropy, target_entropy)
 
-    assert abs(m.loss(retain, "retain").item() - theirs().item()) < TOL
-    reference = grads_of(theirs(), twin)
-    assert_close(grads_of(m.loss(retain, "retain"), ctx.model), reference)
-    one_step(m, retain, "retain")
-    reference_step(twin, reference, "sgd", 0.05, momentum=0.9, weight_decay=5e-4)
-    params_close(ctx.model, twin)
+    check_step(m, retain, "retain", twin, theirs, 0.05, momentum=0.9, weight_decay=5e-4)
 
     per_epoch = len(ctx.data.loader("retain", 64))
     steps = int(per_epoch * 3.2) + 1
