@@ -341,6 +341,6 @@ def test_the_roster_has_thirty_methods_each_placed_in_the_taxonomy(registry, cli
     listed = cli("list", "methods")
     assert listed.returncode == 0, listed.stderr
     rows = {line.split()[0]: line for line in listed.stdout.splitlines()[1:]}
-    assert set(rows) == set(registry.methods)
+    assert set(rows) == set(Registry().methods)  # what is installed now (the demo plugin's method, while it is)
     assert rows["salun"].split()[1:5] == ["loss", "data", "loss", "sparse,"] and "internal" in rows["salun"]
     assert rows["rmu"].split()[1:4] == ["representation", "model", "representation"]
