@@ -485,7 +485,7 @@ def assemble(plan: Plan, original, before: dict, after: dict, report, budget: Bu
         "unlearning": {"steps": report.steps, "examples": report.examples, "budget_s": budget.seconds,
                        "budget_examples": budget.examples, "budget_exhausted": report.budget_exhausted, "diverged": report.diverged},
         "model_info": {"architecture": prepared.family.spec["architecture"], "original": original.source,
-                       "train_seed": original.sidecar.get("train_seed"),
+                       "original_sha256": original.weights_sha256, "train_seed": original.sidecar.get("train_seed"),
                        "n_parameters": n_parameters, "trainable_fraction": n_trainable / n_parameters},
         "task_card": {"sha256": card.sha256},
         "environment": environment(plan.device),

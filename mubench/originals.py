@@ -66,6 +66,7 @@ class Original:
     sidecar: dict
     source: str
     fingerprint: str  # names these weights: a hash of them (or of their manifest), or the hub id they come from
+    weights_sha256: str | None = None  # the SHA-256 of the weights file (None for a hub model): the same bits, the same θ₀
 
 
 def original_entry(card, family: Family, data_sha256: str, fix: str) -> CacheEntry:
@@ -177,7 +178,8 @@ def resolve_original(card, family: Family, train, test, data_sha256: str, evalua
         model = family.build()
         weights = checkpoint_file(source)
         sidecar = load_checkpoint(model, weights, family)
-        return Original(model.to(device), sidecar, source, recorded_sha256(sidecar, weights.name) or sha256_file(weights))
+        digest = recorded_sha256(sidecar, weights.name) or sha256_file(weights)
+        return Original(model.to(device), sidecar, source, digest, digest)
     entry = original_entry(card, family, data_sha256, fix)
     with entry.locked():
         sidecar = None if retrain_cache else entry.read()
@@ -185,7 +187,7 @@ def resolve_original(card, family: Family, train, test, data_sha256: str, evalua
             log.info("original model: cached at %s", entry.folder)
             model = family.build()
             load_weights(model, entry.folder / WEIGHTS, family)  # entry.read() hashed them
-            return Original(model.to(device), sidecar, str(entry.folder), sidecar["manifest_sha256"])
+            return Original(model.to(device), sidecar, str(entry.folder), sidecar["manifest_sha256"], recorded_sha256(sidecar, WEIGHTS))
         log.info("original model: training %s on %s (%d examples)", family.name, card.name, len(train))
         start = time.perf_counter()
         model, stats = train_original(card, family, train, test, evaluator)
@@ -205,4 +207,4 @@ def resolve_original(card, family: Family, train, test, data_sha256: str, evalua
         }
         sidecar = entry.commit(lambda folder: safetensors.torch.save_model(model, str(folder / WEIGHTS)) or description)
     log.info("original model: trained in %.1fs, cached at %s", time.perf_counter() - start, entry.folder)
-    return Original(model, sidecar, str(entry.folder), sidecar["manifest_sha256"])
+    return Original(model, sidecar, str(entry.folder), sidecar["manifest_sha256"], recorded_sha256(sidecar, WEIGHTS))

@@ -73,6 +73,7 @@ def environment(device: torch.device) -> dict:
         **{name: installed(name) for name in PACKAGES},
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "torch_threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # the vector kernels torch picked: they set the last bits
     }
 
 

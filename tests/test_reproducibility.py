@@ -2,11 +2,14 @@
 where every hyperparameter came from."""
 import multiprocessing
 import os
+from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from tests_support import digits_card_dict
 
+from mubench.files import sha256_file
 from mubench.results import load_result, validate_result
 
 
@@ -45,6 +48,11 @@ def test_split_and_original_seeds_change_d_f_and_theta_0(run_digits, registry, c
     assert other["split"]["n_forget"] == base["split"]["n_forget"]  # same ratio, other samples
     assert other["model_info"]["original"] != base["model_info"]["original"]  # θ₀ cached apart
     assert other["model_info"]["train_seed"] == 1 and base["model_info"]["train_seed"] == 0
+    for result in (base, other):  # the result names θ₀'s bits: the SHA-256 of the cached weights file
+        weights = Path(result["model_info"]["original"]) / "model.safetensors"
+        assert result["model_info"]["original_sha256"] == sha256_file(weights)
+    assert other["model_info"]["original_sha256"] != base["model_info"]["original_sha256"]
+    assert base["environment"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
 
 
 def test_original_seed_needs_an_original_trained_here(cli):
