@@ -378,6 +378,8 @@ def markdown(board: dict, registry) -> str:
             for key, _, digits in columns:
                 if row["method"] == "retrain" and key in ("deep_unlearn_score", f"gap_forget_{m}", "efficiency"):
                     cells.append("0 (itself)" if key == "deep_unlearn_score" else "0" if key.startswith("gap") else "1")
+                elif row["method"] == "original" and key == "efficiency":
+                    cells.append("–")  # it does nothing: t_retrain over a few microseconds is no speed
                 else:
                     cells.append(number(row["values"].get(key), digits))
             seconds = row["values"].get("unlearn_s")

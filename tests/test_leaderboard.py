@@ -11,7 +11,7 @@ from scipy import stats
 
 from mubench.api.card import schema_errors
 from mubench.errors import UserError
-from mubench.leaderboard import build, collect, competition_ranks, summarise, write_site
+from mubench.leaderboard import build, collect, competition_ranks, markdown, summarise, write_site
 
 SEEDS = (42, 87, 21)
 
@@ -81,6 +81,20 @@ def test_rows_carry_the_taxonomy_and_the_board_groups_ranks_by_facet(board, regi
     gradient = [row["rank_gap"] for row in rows if row["method"] == "neggrad"]
     assert corruption["gradient"]["mean_rank_gap"] == pytest.approx(sum(gradient) / len(gradient))
     assert set(board["tasks"]["digits"]["by_facet"]) == {"knowledge", "corruption", "retention", "parameters"}
+
+
+def test_the_markdown_table_shows_each_row_s_mean_and_ci_and_no_speed_for_doing_nothing(board, registry):
+    lines = markdown(board, registry).splitlines()
+    header = next(line for line in lines if line.startswith("| method |"))
+    columns = [cell.strip() for cell in header.strip("|").split("|")]
+    cells = {line.split("|")[1].strip(" `"): [c.strip() for c in line.strip("|").split("|")] for line in lines
+             if line.startswith("| `")}
+    assert set(cells) == {"finetune", "neggrad", "original"}  # the card's split seed only; no retrain row was run
+    [row] = rows_of(board, "finetune")
+    test = row["values"]["test_acc"]
+    assert cells["finetune"][columns.index("test acc")] == f"{test['mean']:.3f} ± {test['ci95']:.3f}"
+    assert cells["finetune"][columns.index("efficiency")] != "–" and cells["original"][columns.index("efficiency")] == "–"
+    assert rows_of(board, "original")[0]["values"]["efficiency"]["mean"] > 0  # measured, yet not shown as a speed
 
 
 def test_a_tampered_or_duplicated_file_is_listed_and_skipped(board):
