@@ -165,6 +165,10 @@ def test_leaderboard_results_are_valid_and_the_published_leaderboard_is_built_fr
     monkeypatch.chdir(REPO)  # the published page names its files relative to the repository
     accepted, rejected = collect([Path("leaderboard_results")], registry)
     assert accepted and rejected == []
+    # like with like: each task's published results start from one θ₀, computed by one kind of CPU kernels
+    made_with = {(r["task"], r["model"], r["model_info"].get("original_sha256"), r["environment"].get("cpu_capability"))
+                 for _, r in accepted}
+    assert len(made_with) == len({key[:2] for key in made_with}) and all(key[2] and key[3] for key in made_with), made_with
     built = build(accepted, rejected, registry)
     published = json.loads((REPO / "leaderboard_results" / "site" / "leaderboard.json").read_text())
     for board in (built, published):
