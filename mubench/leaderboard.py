@@ -25,7 +25,7 @@ from mubench.files import atomic_folder, write_json
 from mubench.recheck import recheck
 from mubench.results import given_args, load_result, mean_ci
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 FACETS = ("knowledge", "corruption", "retention", "parameters")
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f", "#bcbd22")
 
@@ -49,11 +49,12 @@ def collect(folders: list[Path], registry, read_data: bool = True) -> tuple[list
 
 
 def row_key(result: dict) -> tuple:
-    """What must agree for results to be averaged: all but the run seed."""
+    """What must agree for results to be averaged: all but the run seed (θ₀'s bits included, where the result names them)."""
     config, split = result["config"], result["split"]
     return (result["task"], result["model"], result["method"], config["protocol"], config["deletion_ratio"],
             tuple(split.get("forget_classes", ())), split["forget_sha256"], split["split_seed"], config.get("original_seed"),
-            json.dumps(given_args(result), sort_keys=True), json.dumps(config["peft"], sort_keys=True))
+            json.dumps(given_args(result), sort_keys=True), json.dumps(config["peft"], sort_keys=True),
+            result["model_info"].get("original_sha256") or "")
 
 
 def summarise(values: list) -> dict | None:
@@ -141,13 +142,15 @@ def build(accepted: list[tuple[Path, dict]], rejected: list[dict], registry) -> 
         entry = tasks.setdefault(first["task"], {"task_type": card.task_type, "metric": task_type.metric, "modality": card.data["modality"],
                                                  "card_sha256": card.sha256, "metrics": first["metrics"], "rows": []})
         config, split = first["config"], first["split"]
+        original_sha256 = first["model_info"].get("original_sha256")
         deletion_set = hashlib.sha256(json.dumps([first["model"], config["protocol"], split["forget_sha256"], split["split_seed"],
-                                                  config.get("original_seed"), config["peft"]]).encode()).hexdigest()[:12]
+                                                  config.get("original_seed"), config["peft"], original_sha256]).encode()).hexdigest()[:12]
         entry["rows"].append({
             "model": first["model"], "method": first["method"], "protocol": config["protocol"],
             "deletion_ratio": config["deletion_ratio"], "forget_classes": split.get("forget_classes"),
             "n_forget": split["n_forget"], "forget_sha256": split["forget_sha256"], "split_seed": split["split_seed"],
-            "original_seed": config.get("original_seed"), "method_args": given_args(first), "peft": config["peft"],
+            "original_seed": config.get("original_seed"), "original_sha256": original_sha256,
+            "method_args": given_args(first), "peft": config["peft"],
             "deletion_set": deletion_set, "taxonomy": first["method_info"]["taxonomy"],
             "seeds": sorted(r["config"]["seed"] for r in results),
             "files": [str(path) for path, _ in members], "values": row_values(results),

@@ -71,6 +71,24 @@ def test_different_deletion_sets_are_never_averaged_and_ranks_stay_within_one(bo
     assert by_gap[0]["rank_gap"] == 1
 
 
+def test_results_from_other_bits_of_theta_0_are_never_averaged_or_ranked_together(results_folder, registry, tmp_path):
+    """Two machines of other CPU kinds train other θ₀ bits from one seed: their results stay in rows of their own."""
+    folder = tmp_path / "two_machines"
+    shutil.copytree(results_folder, folder, ignore=shutil.ignore_patterns("submitted"))
+    for path in sorted(folder.glob("digits__cnn__finetune__*.json"))[:2]:  # two of the three seeds, "made elsewhere"
+        result = json.loads(path.read_text())
+        result["model_info"]["original_sha256"] = "0" * 64
+        (folder / "elsewhere").mkdir(exist_ok=True)
+        (folder / "elsewhere" / path.name).write_text(json.dumps(result))
+        path.unlink()
+    board = build(*collect([folder], registry, read_data=False), registry)
+    finetune = [row for row in board["tasks"]["digits"]["rows"] if row["method"] == "finetune"]
+    assert sorted(len(row["seeds"]) for row in finetune) == [1, 2]
+    here, elsewhere = sorted(finetune, key=lambda row: row["original_sha256"] == "0" * 64)
+    assert elsewhere["original_sha256"] == "0" * 64 and here["original_sha256"] not in (None, "0" * 64)
+    assert here["deletion_set"] != elsewhere["deletion_set"] and elsewhere["rank_gap"] == 1  # alone in its group
+
+
 def test_rows_carry_the_taxonomy_and_the_board_groups_ranks_by_facet(board, registry):
     rows = board["tasks"]["digits"]["rows"]
     for row in rows:
