@@ -344,11 +344,16 @@ def page(board: dict, images: dict) -> str:
         f"<script>{SORT_SCRIPT}</script>", "</body></html>"])
 
 
+def card_setting(row: dict, card) -> bool:
+    """Whether a row ran as the card has it: its split seed and θ₀'s seed, no given arguments, no PEFT."""
+    return not row["method_args"] and row["peft"] is None and row["original_seed"] is None and row["split_seed"] == card.split_seed
+
+
 def headline_rows(entry: dict, card) -> list[dict]:
-    """A task's rows on the card's own deletion set (its default ratio, or its classes; the card's split and θ₀, no
-    given arguments, no PEFT): the original, the retrained model, then the rest by the gap to retraining (closest first)."""
-    rows = [row for row in entry["rows"] if not row["method_args"] and row["peft"] is None and row["original_seed"] is None
-            and row["split_seed"] == card.split_seed and (row["forget_classes"] or row["deletion_ratio"] == card.default_ratio)]
+    """A task's rows on the card's own deletion set (its default ratio, or its classes, in the card's setting): the
+    original, the retrained model, then the rest by the gap to retraining (closest first)."""
+    rows = [row for row in entry["rows"]
+            if card_setting(row, card) and (row["forget_classes"] or row["deletion_ratio"] == card.default_ratio)]
     def order(row):
         gap = row["values"].get("deep_unlearn_score", {}).get("mean")
         return ({"original": 0, "retrain": 1}.get(row["method"], 2), math.inf if gap is None else gap, row["method"])
@@ -399,8 +404,8 @@ def markdown(board: dict, registry) -> str:
                 cells = []
                 for ratio in shown:
                     [match] = [r for r in entry["rows"] if r["method"] == row["method"] and r["deletion_ratio"] == ratio
-                               and not r["method_args"] and r["split_seed"] == card.split_seed and r["original_seed"] is None
-                               and r["peft"] is None] or [None]
+                               and card_setting(r, card)
+                               and (r["protocol"], r["original_sha256"]) == (row["protocol"], row["original_sha256"])] or [None]
                     if match is None:
                         cells.append("–")
                         continue

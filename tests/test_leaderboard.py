@@ -87,6 +87,16 @@ def test_results_from_other_bits_of_theta_0_are_never_averaged_or_ranked_togethe
     here, elsewhere = sorted(finetune, key=lambda row: row["original_sha256"] == "0" * 64)
     assert elsewhere["original_sha256"] == "0" * 64 and here["original_sha256"] not in (None, "0" * 64)
     assert here["deletion_set"] != elsewhere["deletion_set"] and elsewhere["rank_gap"] == 1  # alone in its group
+    # the deletion-capacity table pairs each row with the other ratios' rows of its own θ₀
+    rows = board["tasks"]["digits"]["rows"]
+    for ratio, mark in ((0.01, 0.25), (0.1, 0.75)):
+        for row in [row for row in rows if row["deletion_ratio"] == 0.05]:
+            other = json.loads(json.dumps(row))
+            other["deletion_ratio"] = ratio
+            other["values"]["test_acc"]["mean"] = mark + (0.125 if row is elsewhere else 0)
+            rows.append(other)
+    lines = [line for line in markdown(board, registry).split("**Deletion capacity")[1].splitlines() if "`finetune`" in line]
+    assert sorted(line.split("|")[2].strip()[:5] for line in lines) == ["0.250", "0.375"]
 
 
 def test_rows_carry_the_taxonomy_and_the_board_groups_ranks_by_facet(board, registry):
