@@ -1,4 +1,4 @@
-"""The ``mubench`` command: ``run``, ``sweep``, ``leaderboard``, ``train``, ``list``, ``data``, ``validate`` and ``verify``.
+"""The ``mubench`` command: ``run``, ``tune``, ``sweep``, ``leaderboard``, ``train``, ``list``, ``data``, ``validate`` and ``verify``.
 
 Errors in what the user gave (a name, an argument, a card, a result, a cache entry
 that fails verification) are one line on stderr and exit code 2; nothing is
@@ -81,6 +81,8 @@ def build_parser() -> Parser:
     run.add_argument("--original-seed", type=int, help="another θ₀ trained here and cached apart (default: the card's train.seed)")
     run.add_argument("--reference", choices=["retrain"], help="add the gap to the retrained model (cached; computed when missing)")
     run.add_argument("--method-args", default="", metavar="K=V,...", help="override hyperparameters")
+    run.add_argument("--tuned", type=Path, metavar="FILE",
+                     help="the hyperparameters `mubench tune` chose (its .yaml); the result records the study")
     run.add_argument("--time-budget", default="retrain", help="'retrain' (default), 'none' or seconds")
     run.add_argument("--output-path", type=Path, default=Path("results"), metavar="DIR")
     run.add_argument("--save-model", action="store_true",
@@ -92,6 +94,30 @@ def build_parser() -> Parser:
                       help="pick the LoRA rank that trains this share of the parameters, e.g. 0.1")
     run.add_argument("--lora-alpha", type=float, metavar="A", help="LoRA alpha (default: the rank)")
     common(run)
+
+    tune = sub.add_parser("tune", help="search a method's hyperparameters with Optuna on a validation split carved from D_r",
+                          description="Deep Unlearn's search: each trial unlearns with proposed hyperparameters and is judged "
+                                      "against the retrained model on a share of D_r held out (never D_test). The study is "
+                                      "stored in SQLite under --study-dir: rerun to resume, or run the same command in "
+                                      "several processes to search in parallel.")
+    tune.add_argument("--task", required=True)
+    tune.add_argument("--method", required=True)
+    tune.add_argument("--trials", type=int, required=True, metavar="N", help="finished trials the study should hold")
+    tune.add_argument("--objective", default="deep_unlearn", metavar="NAME",
+                      help="deep_unlearn (default: the gaps to retrain on D_r, D_f and validation, and 1 - MIA "
+                           "indiscernibility, a Pareto front), or one scalar: deep_unlearn_score, gap.<part>_<metric>, <part>_<metric>")
+    tune.add_argument("--sampler", choices=["nsga2", "nsga3", "tpe", "random"],
+                      help="default: nsga2 for deep_unlearn, tpe for a scalar")
+    tune.add_argument("--sampler-seed", type=int, default=0, metavar="S")
+    tune.add_argument("--validation", type=ratio, default=0.1, metavar="F", help="share of D_r held out to judge trials (default 0.1)")
+    tune.add_argument("--study-dir", type=Path, default=Path("tuning"), metavar="DIR",
+                      help="where the study (.db) and the chosen values (.yaml) go (default: tuning)")
+    tune.add_argument("--model")
+    tune.add_argument("--deletion-ratio", type=ratio)
+    tune.add_argument("--seed", type=int, help="the trials' run seed (default: the card's first)")
+    tune.add_argument("--method-args", default="", metavar="K=V,...", help="hyperparameters to keep fixed (not searched)")
+    tune.add_argument("--time-budget", default="retrain", help="'retrain' (default), 'none' or seconds")
+    common(tune)
 
     train = sub.add_parser("train", help="train and cache a task's original model")
     train.add_argument("--task", required=True)
@@ -209,7 +235,7 @@ def cmd_run(args) -> int:
                        precision=args.precision, time_budget=args.time_budget, output_path=args.output_path,
                        include_paths=args.include_path, data_dir=args.data_dir, lora=lora_spec(args),
                        original=args.original, split_seed=args.split_seed, original_seed=args.original_seed,
-                       reference=args.reference, save_model=args.save_model)
+                       reference=args.reference, save_model=args.save_model, tuned=args.tuned)
     results = []
     for seed in args.seeds or [args.seed]:
         result, path = run(dataclasses.replace(config, seed=seed), registry)
@@ -219,6 +245,18 @@ def cmd_run(args) -> int:
         print(f"result: {path}")
     if args.seeds:
         print(seeds_table(results))
+    return 0
+
+
+def cmd_tune(args) -> int:
+    from mubench.harness import RunConfig
+    from mubench.tune import TuneConfig, trials_table, tune
+
+    run = RunConfig(task=args.task, method=args.method, model=args.model, deletion_ratio=args.deletion_ratio, seed=args.seed,
+                    method_args=parse_method_args(args.method_args), device=args.device, precision=args.precision,
+                    time_budget=args.time_budget, include_paths=args.include_path, data_dir=args.data_dir, original=args.original)
+    tuned = tune(TuneConfig(run, args.trials, args.objective, args.sampler, args.sampler_seed, args.validation, args.study_dir))
+    print(trials_table(tuned))
     return 0
 
 
@@ -382,7 +420,8 @@ def cmd_verify(args) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "train": cmd_train, "list": cmd_list, "data": cmd_data, "validate": cmd_validate, "verify": cmd_verify,
+COMMANDS = {"run": cmd_run, "tune": cmd_tune, "train": cmd_train,
+            "list": cmd_list, "data": cmd_data, "validate": cmd_validate, "verify": cmd_verify,
             "sweep": cmd_sweep, "leaderboard": cmd_leaderboard}
 
 

@@ -27,7 +27,7 @@ from mubench.loop import Budget, resolve_device, resolve_precision
 from mubench.lora import LoraSpec, apply_lora
 from mubench.originals import Family, resolve_original
 from mubench.results import SCHEMA_VERSION, environment, finite, method_info, reference_block, result_filename, validate_result
-from mubench.splits import chosen_classes, forget_indices, indices_sha256
+from mubench.splits import chosen_classes, deletion_order, forget_indices, indices_sha256
 
 log = logging.getLogger("mubench")
 
@@ -54,6 +54,8 @@ class RunConfig:
     original_seed: int | None = None
     reference: str | None = None
     save_model: bool = False
+    validation: float | None = None  # tuning: hold out this share of D_r as the test split (see Prepared)
+    tuned: Path | None = None  # a file `mubench tune` wrote: its methods.<name> block, and the study it came from
 
 
 def seed_everything(seed: int) -> None:
@@ -88,7 +90,7 @@ class Prepared:
 
     def __init__(self, registry: Registry, task_name: str, model_name: str | None, ratio: float | None,
                  data_dir: Path | None = None, original: str | None = None, split_seed: int | None = None,
-                 original_seed: int | None = None):
+                 original_seed: int | None = None, validation: float | None = None):
         card = registry.card(task_name)
         name, spec = card.model(model_name)
         if original is not None:  # --original: `train`, a checkpoint or a hub id instead of the card's
@@ -110,6 +112,10 @@ class Prepared:
         self.classes = self.test_rows = self.forgotten_rows = None  # class-wise deletion, drawn by load()
         self.registry, self.data_dir = registry, data_dir
         self.original_given, self.original_seed = original is not None, original_seed
+        if validation is not None and not 0 < validation < 1:
+            raise UserError(f"validation share {validation}: expected a number between 0 and 1")
+        self.validation = validation
+        self.full_strata = self.kept_rows = None  # tuning's held-out split: the training split's strata and the rows kept
         self.loaded = False
         self._skeleton = None
 
@@ -132,6 +138,8 @@ class Prepared:
         self.task.use_model(self.family.spec.get("params", {}))
         splits = load_splits(self.card, self.registry.dataset_loaders, self.data_dir, self.registry.dataset_adapters)
         self.task.prepare(splits["train"])
+        if self.validation is not None:
+            splits = self.held_out(splits)
         self.n_train, self.n_test = len(splits["train"]), len(splits["test"])
         self.data_sha256 = fingerprint(splits["train"])
         self.strata = self.task.strata(splits["train"])
@@ -143,8 +151,28 @@ class Prepared:
         """Draw D_f from the training split's strata: the ratio's stratified sample, or whole classes."""
         if self.classwise:
             self.draw_classes(self.strata, self.test_strata)
+        elif self.validation is not None:  # the real run's D_f, minus nothing: the held-out rows all come from D_r
+            full = forget_indices(len(self.kept_rows) + self.n_test, self.full_strata, self.ratio, self.card.split_seed)
+            self.forget = np.flatnonzero(np.isin(self.kept_rows, full))
         else:
             self.forget = forget_indices(self.n_train, self.strata, self.ratio, self.card.split_seed)
+
+    def held_out(self, splits: dict) -> dict:
+        """Tuning's splits, which never touch D_test: a stratified ``validation`` share of D_r (of the whole training
+        split for class-wise deletion, so that the forgotten classes have held-out examples) is the test split, and
+        the rest the training split. D_f is the real run's; θ₀ and the retrained model are trained without the
+        held-out rows (cached apart: the training split's fingerprint differs)."""
+        train = splits["train"]
+        self.full_strata = self.task.strata(train)
+        n = len(train)
+        candidates = np.arange(n)
+        if not self.classwise:
+            candidates = np.setdiff1d(candidates, forget_indices(n, self.full_strata, self.ratio, self.card.split_seed))
+        strata = None if self.full_strata is None else self.full_strata[candidates]
+        order = deletion_order(len(candidates), strata, self.card.split_seed + 1)
+        held = np.sort(candidates[order[:max(1, round(self.validation * len(candidates)))]])
+        self.kept_rows = np.setdiff1d(np.arange(n), held)
+        return {"train": train.select(self.kept_rows), "test": train.select(held)}
 
     def load(self) -> None:
         """Read the data, draw D_f, and preprocess (cached) and encode the splits; nothing when already loaded."""
@@ -155,7 +183,7 @@ class Prepared:
             splits = {"train": preprocessed(self.task, splits["train"], "train", self.data_sha256, self.card.name),
                       "test": preprocessed(self.task, splits["test"], "test", fingerprint(splits["test"]), self.card.name)}
         self.train, self.test = self.task.encode(splits["train"]), self.task.encode(splits["test"])
-        shifted = load_shifted(self.card)
+        shifted = load_shifted(self.card) if self.validation is None else None
         if shifted is not None and self.task.preprocesses:
             shifted = preprocessed(self.task, shifted, "shifted", fingerprint(shifted), self.card.name)
         self.shifted = None if shifted is None else self.task.encode(shifted)
@@ -163,7 +191,8 @@ class Prepared:
 
     def reuse(self, other: Prepared) -> None:
         """Take the data ``other`` loaded (same task, family and data source) and draw this run's D_f from it."""
-        for name in ("task", "family", "n_train", "n_test", "data_sha256", "strata", "test_strata", "train", "test", "shifted"):
+        for name in ("task", "family", "n_train", "n_test", "data_sha256", "strata", "test_strata", "train", "test", "shifted",
+                     "full_strata", "kept_rows"):
             setattr(self, name, getattr(other, name))
         self.draw()
         self.loaded = True
@@ -244,6 +273,7 @@ class Plan:
     precision: str
     seed: int
     evaluator: Evaluator
+    tuned: dict | None = None  # what the result records of a --tuned file
 
 
 def resolve(config: RunConfig, registry: Registry, loaded: dict | None = None) -> Plan:
@@ -254,9 +284,10 @@ def resolve(config: RunConfig, registry: Registry, loaded: dict | None = None) -
     and only draws its own D_f.
     """
     prepared = Prepared(registry, config.task, config.model, config.deletion_ratio, config.data_dir, config.original,
-                        config.split_seed, config.original_seed)
+                        config.split_seed, config.original_seed, config.validation)
     if loaded is not None:
-        key = (config.task, config.model, config.original, config.split_seed, config.original_seed, str(config.data_dir))
+        key = (config.task, config.model, config.original, config.split_seed, config.original_seed, str(config.data_dir),
+               config.validation, config.deletion_ratio if config.validation else None)  # tuning holds out rows by ratio
         if key in loaded and loaded[key].loaded:
             prepared.reuse(loaded[key])
         else:
@@ -264,7 +295,8 @@ def resolve(config: RunConfig, registry: Registry, loaded: dict | None = None) -
     card, task = prepared.card, prepared.task
     method_cls = registry.method(config.method)
     sources = {}
-    args = method_cls.resolve_args(card, config.method_args, sources)
+    tuned = None if config.tuned is None else read_tuned(config.tuned, method_cls.name)
+    args = method_cls.resolve_args(card, config.method_args, sources, tuned and tuned["args"], str(config.tuned))
     budget_setting = parse_time_budget(config.time_budget)
     device = resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
@@ -274,7 +306,21 @@ def resolve(config: RunConfig, registry: Registry, loaded: dict | None = None) -
         raise UserError(f"method '{method_cls.name}' cannot run on task '{card.name}': {reason}")
     ensure_writable(config.output_path)
     return Plan(config, prepared, method_cls, args, sources, budget_setting, device, precision, seed,
-                Evaluator.for_card(card, task, prepared.metrics, device, precision))
+                Evaluator.for_card(card, task, prepared.metrics, device, precision), tuned and tuned["record"])
+
+
+def read_tuned(path: Path, method: str) -> dict:
+    """A file ``mubench tune`` wrote: ``{"args": its methods.<method> block, "record": what a result records of it}``."""
+    from mubench.api.card import read_yaml
+
+    data = read_yaml(Path(path))
+    block = data.get("methods", {}).get(method) if isinstance(data.get("methods"), dict) else None
+    if not isinstance(block, dict):
+        raise UserError(f"{path}: has no methods.{method} block (a file that `mubench tune --method {method}` writes)")
+    study = data.get("study")
+    if not isinstance(study, dict) or study.get("method") != method:
+        raise UserError(f"{path}: key 'study': expected the study of method '{method}' that chose these values")
+    return {"args": block, "record": {"file": Path(path).name, "sha256": sha256_file(Path(path)), "study": study}}
 
 
 def unlearn(plan: Plan, original) -> tuple[Context, object, Budget, dict | None]:
@@ -443,17 +489,19 @@ def store_reference(entry: CacheEntry, retrained: dict) -> None:
     entry.commit(lambda folder: write_json(folder / REFERENCE, retrained) or {})
 
 
-def retrained_reference(result: dict, plan: Plan) -> dict:
-    """The retrained model's result for this cell: cached, or retrained now (its result written too) and cached."""
+def retrained_reference(result: dict, plan: Plan, write: bool = True) -> dict:
+    """The retrained model's result for this cell: cached, or retrained now (its result written too, unless not
+    ``write``) and cached."""
     entry = reference_entry(result, plan)
     with entry.locked():
         if entry.read_or_discard() is None:
             log.info("reference: retraining on D_r with seed %d", plan.seed)
-            retrain = resolve(dataclasses.replace(plan.config, method="retrain", method_args={}, reference=None, save_model=False),
-                              plan.prepared.registry)
+            retrain = resolve(dataclasses.replace(plan.config, method="retrain", method_args={}, reference=None, save_model=False,
+                                                  tuned=None), plan.prepared.registry)
             retrained, model, samples = execute(retrain)
             store_reference(entry, retrained)
-            emit(retrain, retrained, model, samples)
+            if write:
+                emit(retrain, retrained, model, samples)
         return read_json(entry.folder / REFERENCE, "cached reference")
 
 
@@ -471,7 +519,9 @@ def assemble(plan: Plan, original, before: dict, after: dict, report, budget: Bu
         "config": {"deletion_ratio": prepared.ratio, "seed": plan.seed, "method_args": plan.args,
                    "protocol": card.data.get("protocol", "mubench"), "method_args_sources": plan.sources, "device": plan.device.type,
                    "precision": plan.precision, "time_budget": plan.budget_setting, "peft": peft}
-                  | {key: value for key in ("split_seed", "original_seed") if (value := getattr(plan.config, key)) is not None},
+                  | {key: value for key in ("split_seed", "original_seed", "validation")
+                     if (value := getattr(plan.config, key)) is not None}
+                  | ({"tuned": plan.tuned} if plan.tuned else {}),
         "split": {"n_train": prepared.n_train, "n_forget": len(prepared.forget), "n_retain": prepared.n_train - len(prepared.forget),
                   "n_test": prepared.n_test, "forget_sha256": indices_sha256(prepared.forget),
                   "split_seed": card.split_seed, "data_sha256": prepared.data_sha256}

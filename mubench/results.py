@@ -33,9 +33,13 @@ def result_filename(result: dict) -> str:
 
 
 def given_args(result: dict) -> dict:
-    """The method arguments a result's run was given (command line or sweep grid), not those it inherited."""
+    """The method arguments a result's run was given (command line, sweep grid or a tuned file), not those it inherited."""
     config = result["config"]
-    return {key: value for key, value in config["method_args"].items() if config["method_args_sources"].get(key) == "command line"}
+    return {key: value for key, value in config["method_args"].items()
+            if config["method_args_sources"].get(key) in GIVEN}
+
+
+GIVEN = ("command line", "tuned")  # the sources of method arguments that make a run another configuration
 
 
 def cell_filename(task: str, model: str, method: str, ratio: float, seed: int, classes: list | None = None,

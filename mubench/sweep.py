@@ -30,7 +30,7 @@ from mubench.api.registry import Registry
 from mubench.errors import UserError, key_path
 from mubench.files import read_json, write_json
 from mubench.harness import Prepared, RunConfig, resolve, run
-from mubench.results import cell_filename
+from mubench.results import GIVEN, cell_filename
 
 log = logging.getLogger("mubench")
 
@@ -39,7 +39,7 @@ KEYS = {"tasks": list, "models": (list, type(None)), "methods": (list, str), "ra
         "seeds": (list, str, type(None)),
         "method_args": dict, "reference": (str, type(None)), "output": str, "device": str, "precision": str, "executor": str,
         "ray": dict, "time_budget": (str, int, float), "include_paths": list, "data_dir": (str, type(None)),
-        "leaderboard": (dict, type(None))}
+        "leaderboard": (dict, type(None)), "tuned": dict}
 RAY_KEYS = {"address": (str, type(None)), "num_cpus": (int, float), "num_gpus": (int, float), "cluster_cpus": int}
 LEADERBOARD_KEYS = {"out": str, "from": list}
 
@@ -61,6 +61,7 @@ class Sweep:
     executor: str = "local"
     ray: dict = field(default_factory=dict)
     leaderboard: dict | None = None  # {out: DIR, from: [DIR, ...] (default: the output folder)}: built after the run
+    tuned: dict = field(default_factory=dict)  # method → the file `mubench tune` wrote, as --tuned takes it
     time_budget: str | int | float = "retrain"
     include_paths: list = field(default_factory=list)
     data_dir: str | None = None
@@ -103,6 +104,9 @@ class Sweep:
                 raise UserError(f"{source}: key {key_path(('leaderboard', key))}: expected 'out' (a folder) or 'from' (a list of folders)")
         if board and "out" not in board:
             raise UserError(f"{source}: key 'leaderboard' needs 'out', the folder the page goes to")
+        for method, file in data.get("tuned", {}).items():
+            if not isinstance(file, str):
+                raise UserError(f"{source}: key {key_path(('tuned', method))}: expected the path of a file `mubench tune` wrote")
         for method, grid in data.get("method_args", {}).items():
             if not isinstance(grid, dict):
                 raise UserError(f"{source}: key {key_path(('method_args', method))} is a mapping of argument to value(s)")
@@ -148,7 +152,8 @@ def cells(sweep: Sweep, registry: Registry, loaded: dict) -> list[Cell]:
                                        device=sweep.device, precision=sweep.precision, time_budget=str(sweep.time_budget),
                                        output_path=Path(sweep.output).absolute(), include_paths=list(sweep.include_paths),
                                        data_dir=None if sweep.data_dir is None else Path(sweep.data_dir).absolute(),
-                                       reference=sweep.reference if method != "retrain" else None)
+                                       reference=sweep.reference if method != "retrain" else None,
+                                       tuned=Path(sweep.tuned[method]).absolute() if method in sweep.tuned else None)
                     planned.append(plan_cell(config, registry, loaded))
     return planned
 
@@ -161,8 +166,9 @@ def plan_cell(config: RunConfig, registry: Registry, loaded: dict) -> Cell:
     if prepared.classwise:
         prepared.load()
         classes = [prepared.task.label_names[i] for i in prepared.classes]
+    given = {key: value for key, value in plan.args.items() if plan.sources.get(key) in GIVEN}
     filename = cell_filename(prepared.card.name, prepared.family.name, plan.method_cls.name, prepared.ratio, plan.seed, classes,
-                             given_args=config.method_args)
+                             given_args=given)
     return Cell(config, filename)
 
 

@@ -188,17 +188,19 @@ class Method:
         self.step = 0
 
     @classmethod
-    def resolve_args(cls, card, overrides: dict | None = None, sources: dict | None = None) -> dict:
-        """Hyperparameters: ``defaults`` < card recipe < ``methods.<name>`` < ``overrides``.
+    def resolve_args(cls, card, overrides: dict | None = None, sources: dict | None = None, tuned: dict | None = None,
+                     tuned_source: str = "the tuned file") -> dict:
+        """Hyperparameters: ``defaults`` < card recipe < ``methods.<name>`` < ``tuned`` (what ``mubench tune`` chose,
+        read from ``tuned_source``) < ``overrides``.
 
         The card's shared recipe (``unlearn``, or ``train`` for ``recipe = "train"``)
         sets the keys a method declares under the card's ``protocol: mubench`` (the
         default: MU-Bench's one optimiser and batch size for all methods); under
         ``protocol: authors`` the shared ``unlearn`` recipe is skipped and each method
         keeps its authors' defaults. A key the method does not know in
-        ``methods.<name>`` or ``overrides`` is an error. ``sources``, if given, is
+        ``methods.<name>``, ``tuned`` or ``overrides`` is an error. ``sources``, if given, is
         filled with where each value came from: ``method``, ``card.<recipe>``,
-        ``card.methods``, ``command line``.
+        ``card.methods``, ``tuned``, ``command line``.
         """
         args = dict(cls.defaults)
         origin = dict.fromkeys(args, "method")
@@ -207,6 +209,7 @@ class Method:
             args.update(shared)
             origin.update(dict.fromkeys(shared, f"card.{cls.recipe}"))
         for tag, source, values in (("card.methods", f"{card.path}: methods.{cls.name}", card.data.get("methods", {}).get(cls.name, {})),
+                                    ("tuned", f"{tuned_source}: methods.{cls.name}", tuned or {}),
                                     ("command line", "--method-args", overrides or {})):
             for key, value in values.items():
                 if key not in args:
