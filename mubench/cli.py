@@ -1,4 +1,5 @@
-"""The ``mubench`` command: ``run``, ``tune``, ``sweep``, ``leaderboard``, ``train``, ``list``, ``data``, ``validate`` and ``verify``.
+"""The ``mubench`` command: ``run``, ``tune``, ``ulira``, ``sweep``, ``leaderboard``, ``train``, ``list``, ``data``,
+``validate`` and ``verify``.
 
 Errors in what the user gave (a name, an argument, a card, a result, a cache entry
 that fails verification) are one line on stderr and exit code 2; nothing is
@@ -78,7 +79,10 @@ def build_parser() -> Parser:
                                                 "models); not D_f, θ₀ or the attacks (default: the card's first)")
     seeds.add_argument("--seeds", type=seed_list, metavar="S,S,...", help="run every seed and print mean ± 95%% CI per metric")
     run.add_argument("--split-seed", type=int, help="another deletion set D_f (default: the card's deletion.split_seed)")
-    run.add_argument("--original-seed", type=int, help="another θ₀ trained here and cached apart (default: the card's train.seed)")
+    originals = run.add_mutually_exclusive_group()
+    originals.add_argument("--original-seed", type=int, help="another θ₀ trained here and cached apart (default: the card's train.seed)")
+    originals.add_argument("--original-seeds", type=seed_list, metavar="S,...|A..B",
+                           help="run on each of these θ₀s (Deep Unlearn's many initialisations), every run seed on each")
     run.add_argument("--reference", choices=["retrain"], help="add the gap to the retrained model (cached; computed when missing)")
     run.add_argument("--method-args", default="", metavar="K=V,...", help="override hyperparameters")
     run.add_argument("--tuned", type=Path, metavar="FILE",
@@ -119,6 +123,24 @@ def build_parser() -> Parser:
     tune.add_argument("--time-budget", default="retrain", help="'retrain' (default), 'none' or seconds")
     common(tune)
 
+    attack = sub.add_parser("ulira", help="U-LiRA: the per-sample attack of Deep Unlearn over shadow originals (0.5 is perfect)",
+                            description="Shadow originals on complementary halves of the training split (cached for every "
+                                        "method), each unlearned with the method on the part of D_f it holds; a likelihood-ratio "
+                                        "test per example tells unlearned from never-seen, scored on each held-out shadow.")
+    attack.add_argument("--task", required=True)
+    attack.add_argument("--method", required=True)
+    attack.add_argument("--shadows", type=int, default=16, metavar="N", help="shadow originals, an even number (default 16)")
+    attack.add_argument("--model")
+    attack.add_argument("--deletion-ratio", type=ratio)
+    attack.add_argument("--seed", type=int, help="the shadows' unlearning seed (default: the card's first)")
+    attack.add_argument("--method-args", default="", metavar="K=V,...")
+    attack.add_argument("--tuned", type=Path, metavar="FILE", help="the hyperparameters `mubench tune` chose")
+    attack.add_argument("--time-budget", default="retrain", help="'retrain' (default), 'none' or seconds")
+    attack.add_argument("--output-path", type=Path, default=Path("results"), metavar="DIR")
+    attack.add_argument("--executor", choices=["local", "ray"], default="local", help="run the shadows here or as Ray tasks")
+    attack.add_argument("--address", help="the Ray cluster to join (default: start a local one)")
+    common(attack)
+
     train = sub.add_parser("train", help="train and cache a task's original model")
     train.add_argument("--task", required=True)
     train.add_argument("--model")
@@ -156,6 +178,7 @@ def build_parser() -> Parser:
     sweep.add_argument("--methods", type=lambda text: text if text == "all" else names(text), metavar="M,...|all")
     sweep.add_argument("--ratios", type=axis(float), metavar="R,...|all", help="deletion ratios, or 'all' of each card's")
     sweep.add_argument("--seeds", type=axis(int), metavar="S,...|all", help="run seeds, or 'all' of each card's")
+    sweep.add_argument("--original-seeds", type=seed_list, metavar="S,...|A..B", help="θ₀ seeds: every cell on each of these θ₀s")
     sweep.add_argument("--reference", choices=["retrain"], help="retrain first and add every cell's gap to it")
     sweep.add_argument("--output-path", dest="output", metavar="DIR", help="where results go (default: results)")
     sweep.add_argument("--executor", choices=["local", "ray"], help="local (default: in this process) or ray")
@@ -214,11 +237,16 @@ def lora_spec(args):
 
 
 def seed_list(text: str) -> list[int]:
-    """``--seeds 0,1,2``: distinct integers."""
+    """``--seeds 0,1,2`` or ``0..9`` (both ends included), or both joined by commas: distinct integers."""
+    seeds = []
     try:
-        seeds = [int(part) for part in text.split(",")]
+        for part in text.split(","):
+            low, dots, high = part.partition("..")
+            seeds += list(range(int(low), int(high) + 1)) if dots else [int(part)]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected integers separated by commas, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected integers separated by commas or a range such as 0..9, got {text!r}") from None
+    if not seeds:
+        raise argparse.ArgumentTypeError(f"{text!r} is an empty range")
     if len(set(seeds)) != len(seeds):
         raise argparse.ArgumentTypeError(f"a seed is given twice in {text!r}")
     return seeds
@@ -236,14 +264,16 @@ def cmd_run(args) -> int:
                        include_paths=args.include_path, data_dir=args.data_dir, lora=lora_spec(args),
                        original=args.original, split_seed=args.split_seed, original_seed=args.original_seed,
                        reference=args.reference, save_model=args.save_model, tuned=args.tuned)
+    several = bool(args.seeds or args.original_seeds)
     results = []
-    for seed in args.seeds or [args.seed]:
-        result, path = run(dataclasses.replace(config, seed=seed), registry)
-        results.append(result)
-        if not args.seeds:
-            print(summary_table(result))
-        print(f"result: {path}")
-    if args.seeds:
+    for original_seed in args.original_seeds or [args.original_seed]:
+        for seed in args.seeds or [args.seed]:
+            result, path = run(dataclasses.replace(config, seed=seed, original_seed=original_seed), registry)
+            results.append(result)
+            if not several:
+                print(summary_table(result))
+            print(f"result: {path}")
+    if several:
         print(seeds_table(results))
     return 0
 
@@ -257,6 +287,23 @@ def cmd_tune(args) -> int:
                     time_budget=args.time_budget, include_paths=args.include_path, data_dir=args.data_dir, original=args.original)
     tuned = tune(TuneConfig(run, args.trials, args.objective, args.sampler, args.sampler_seed, args.validation, args.study_dir))
     print(trials_table(tuned))
+    return 0
+
+
+def cmd_ulira(args) -> int:
+    from mubench.harness import RunConfig
+    from mubench.ulira import UliraConfig, ulira
+
+    run = RunConfig(task=args.task, method=args.method, model=args.model, deletion_ratio=args.deletion_ratio, seed=args.seed,
+                    method_args=parse_method_args(args.method_args), device=args.device, precision=args.precision,
+                    time_budget=args.time_budget, output_path=args.output_path, include_paths=args.include_path,
+                    data_dir=args.data_dir, original=args.original, tuned=args.tuned)
+    result, path = ulira(UliraConfig(run, args.shadows, args.executor, {"address": args.address} if args.address else {}))
+    score = result["ulira"]["balanced_accuracy"]
+    interval = f" ± {score['ci95']:.3f}" if score["ci95"] is not None else ""
+    print(f"U-LiRA {result['method']} on {result['task']}: balanced accuracy {score['mean']:.3f}{interval} "
+          f"({result['config']['shadows']} shadows, {result['split']['n_targets']} targets; 0.5 is perfect unlearning)")
+    print(f"result: {path}")
     return 0
 
 
@@ -364,10 +411,10 @@ def cmd_validate(args) -> int:
 
 def cmd_sweep(args) -> int:
     from mubench.api.registry import Registry
-    from mubench.sweep import Sweep, cells, execute, plan_table, summary
+    from mubench.sweep import Sweep, attack_all, cells, execute, plan_table, summary
 
-    flags = {key: getattr(args, key) for key in ("tasks", "models", "methods", "ratios", "seeds", "reference", "output", "executor",
-                                                 "device", "precision", "include_paths", "data_dir")}
+    flags = {key: getattr(args, key) for key in ("tasks", "models", "methods", "ratios", "seeds", "original_seeds", "reference", "output",
+                                                 "executor", "device", "precision", "include_paths", "data_dir")}
     if args.address:
         flags["ray"] = {"address": args.address}
     if args.leaderboard:
@@ -381,6 +428,10 @@ def cmd_sweep(args) -> int:
         return 0
     outcomes = execute(sweep, planned, registry, loaded)
     print(summary(outcomes))
+    if sweep.ulira:
+        attacks = attack_all(sweep, planned, registry)
+        print("U-LiRA " + summary(attacks))
+        outcomes += attacks
     if sweep.leaderboard:
         print_leaderboard([Path(folder) for folder in sweep.leaderboard.get("from", [sweep.output])], Path(sweep.leaderboard["out"]),
                           registry, read_data=True)
@@ -420,7 +471,7 @@ def cmd_verify(args) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "tune": cmd_tune, "train": cmd_train,
+COMMANDS = {"run": cmd_run, "tune": cmd_tune, "ulira": cmd_ulira, "train": cmd_train,
             "list": cmd_list, "data": cmd_data, "validate": cmd_validate, "verify": cmd_verify,
             "sweep": cmd_sweep, "leaderboard": cmd_leaderboard}
 

@@ -23,9 +23,9 @@ from mubench.api.card import schema_errors
 from mubench.errors import UserError
 from mubench.files import atomic_folder, write_json
 from mubench.recheck import recheck
-from mubench.results import given_args, load_result, mean_ci
+from mubench.results import ULIRA_SUFFIX, given_args, load_result, mean_ci, validate_ulira
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 FACETS = ("knowledge", "corruption", "retention", "parameters")
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f", "#bcbd22")
 
@@ -41,11 +41,43 @@ def collect(folders: list[Path], registry, read_data: bool = True) -> tuple[list
             if any(part.startswith(".") for part in path.relative_to(folder).parts) or path.name == "leaderboard.json":
                 continue  # a sweep's own state, a built leaderboard
             try:
+                if path.name.endswith(ULIRA_SUFFIX):
+                    accepted.append((path, checked_ulira(path, registry)))
+                    continue
                 recheck(path, registry, read_data=read_data, drawn=drawn)
                 accepted.append((path, load_result(path)))
             except UserError as e:
                 rejected.append({"file": str(path), "error": str(e)})
     return accepted, rejected
+
+
+def checked_ulira(path: Path, registry) -> dict:
+    """A U-LiRA result file, validated, made with the card the registry has."""
+    result = load_result(path)
+    validate_ulira(result, path)
+    card = registry.card(result["task"])
+    if result["task_card"]["sha256"] != card.sha256:
+        raise UserError(f"{path}: key 'task_card.sha256': made with another card than the registered '{card.name}'")
+    return result
+
+
+def ulira_rows(results: list[tuple[Path, dict]]) -> dict:
+    """Per task, one row per U-LiRA result: method, arguments, deletion, shadows, targets and the balanced accuracy."""
+    rows = {}
+    for path, result in sorted(results, key=lambda item: (item[1]["task"], item[1]["config"]["deletion_ratio"], item[1]["method"])):
+        config = result["config"]
+        rows.setdefault(result["task"], []).append({
+            "method": result["method"], "model": result["model"], "method_args": config["given_args"],
+            "tuned": tuned_study(config), "deletion_ratio": config["deletion_ratio"], "seed": config["seed"],
+            "shadows": config["shadows"], "n_targets": result["split"]["n_targets"],
+            "balanced_accuracy": result["ulira"]["balanced_accuracy"], "file": str(path)})
+    return rows
+
+
+def tuned_study(config: dict) -> str | None:
+    """The study a run's tuned hyperparameters came from (``<name>#<trial>``), or None."""
+    tuned = config.get("tuned")
+    return None if tuned is None else f"{tuned['study'].get('name')}#{tuned['study'].get('trial')}"
 
 
 def row_key(result: dict) -> tuple:
@@ -123,9 +155,45 @@ def by_facet(rows: list[dict]) -> dict:
     return out
 
 
+def over_originals(rows: list[dict]) -> list[dict]:
+    """Rows that differ only in θ₀ (``--original-seed``), aggregated Deep Unlearn's way: per metric, the mean over the
+    originals of each one's mean over run seeds, the spread of those means across originals (``std_originals``) and
+    the mean spread over run seeds within one original (``std_seeds``). Only configurations with two originals or more."""
+    groups = {}
+    for row in rows:
+        if row["original_seed"] is None:
+            continue
+        key = json.dumps([row["model"], row["method"], row["protocol"], row["deletion_ratio"], row["forget_classes"],
+                          row["split_seed"], row["method_args"], row["peft"]], sort_keys=True)
+        groups.setdefault(key, []).append(row)
+    out = []
+    for members in groups.values():
+        if len({row["original_seed"] for row in members}) < 2:
+            continue
+        first = members[0]
+        values = {}
+        for metric in sorted({key for row in members for key in row["values"]}):
+            summaries = [row["values"][metric] for row in members if row["values"].get(metric)]
+            if len(summaries) < 2:
+                continue
+            means = [s["mean"] for s in summaries]
+            within = [s["std"] for s in summaries if s["std"] is not None]
+            overall = summarise(means)
+            values[metric] = {"mean": overall["mean"], "std_originals": overall["std"], "ci95": overall["ci95"],
+                              "std_seeds": sum(within) / len(within) if within else None, "n_originals": len(means)}
+        out.append({"model": first["model"], "method": first["method"], "protocol": first["protocol"],
+                    "deletion_ratio": first["deletion_ratio"], "forget_classes": first["forget_classes"],
+                    "method_args": first["method_args"], "peft": first["peft"],
+                    "original_seeds": sorted(row["original_seed"] for row in members),
+                    "seeds_per_original": sorted({len(row["seeds"]) for row in members}), "values": values})
+    return sorted(out, key=lambda row: (row["deletion_ratio"], row["method"]))
+
+
 def build(accepted: list[tuple[Path, dict]], rejected: list[dict], registry) -> dict:
     """The aggregated, ranked leaderboard (see ``mubench/schemas/leaderboard.schema.json``)."""
     grouped, seen = {}, {}
+    attacks = [(path, result) for path, result in accepted if result.get("kind") == "ulira"]
+    accepted = [(path, result) for path, result in accepted if result.get("kind") != "ulira"]
     for path, result in accepted:
         key, seed = row_key(result), result["config"]["seed"]
         if (key, seed) in seen:  # the same run twice (copied into two folders): counted once
@@ -150,7 +218,7 @@ def build(accepted: list[tuple[Path, dict]], rejected: list[dict], registry) -> 
             "deletion_ratio": config["deletion_ratio"], "forget_classes": split.get("forget_classes"),
             "n_forget": split["n_forget"], "forget_sha256": split["forget_sha256"], "split_seed": split["split_seed"],
             "original_seed": config.get("original_seed"), "original_sha256": original_sha256,
-            "method_args": given_args(first), "peft": config["peft"],
+            "method_args": given_args(first), "tuned": tuned_study(config), "peft": config["peft"],
             "deletion_set": deletion_set, "taxonomy": first["method_info"]["taxonomy"],
             "seeds": sorted(r["config"]["seed"] for r in results),
             "files": [str(path) for path, _ in members], "values": row_values(results),
@@ -159,9 +227,10 @@ def build(accepted: list[tuple[Path, dict]], rejected: list[dict], registry) -> 
     for entry in tasks.values():
         rank(entry["rows"])
         entry["by_facet"] = by_facet(entry["rows"])
+        entry["over_originals"] = over_originals(entry["rows"])
     board = {"schema_version": SCHEMA_VERSION, "mubench_version": __version__,
              "generated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-             "n_results": len(seen), "rejected": rejected, "tasks": tasks}
+             "n_results": len(seen), "rejected": rejected, "tasks": tasks, "ulira": ulira_rows(attacks)}
     schema_errors(board, "leaderboard", "leaderboard.json")
     return board
 
@@ -369,7 +438,9 @@ def markdown(board: dict, registry) -> str:
     for name, entry in board["tasks"].items():
         card, m = registry.card(name), entry["metric"]
         rows = headline_rows(entry, card)
+        extras = tuned_table(name, entry, card) + originals_table(name, entry) + ulira_table(name, board["ulira"].get(name, []))
         if not rows:
+            out += extras
             continue
         parts = ["test", "forget", "retain"] + (["forgotten"] if any(f"forgotten_{m}" in r["values"] for r in rows) else [])
         columns = [(f"{part}_{m}", f"{part} {m}", 3) for part in parts] + [
@@ -414,7 +485,64 @@ def markdown(board: dict, registry) -> str:
                     cells.append(" / ".join(triple + ["–" if row["method"] == "retrain" else str(match["rank_gap"] or "–")]))
                 out.append(f"| `{row['method']}` | " + " | ".join(cells) + " |")
             out.append("")
+        out += extras
+    for name, attacks in board["ulira"].items():
+        if name not in board["tasks"]:
+            out += ulira_table(name, attacks)
     return "\n".join(out)
+
+
+def tuned_table(name: str, entry: dict, card) -> list[str]:
+    """Markdown: each row run with `mubench tune`'s choice beside the same method's default row (same deletion set)."""
+    m, lines = entry["metric"], []
+    for row in entry["rows"]:
+        if row["tuned"] is None:
+            continue
+        [default] = [r for r in entry["rows"] if r["deletion_set"] == row["deletion_set"] and r["method"] == row["method"]
+                     and r["deletion_ratio"] == row["deletion_ratio"] and card_setting(r, card)] or [None]
+        def pair(key, digits=3):
+            return " → ".join(number((r or {"values": {}})["values"].get(key), digits) for r in (default, row))
+        args = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row["method_args"].items())
+        ranks = " → ".join(str(r["rank_gap"]) if r else "–" for r in (default, row))
+        lines.append(f"| `{row['method']}` | {args} | {pair(f'test_{m}')} | {pair(f'forget_{m}')} | {pair(f'retain_{m}')} | "
+                     f"{pair('deep_unlearn_score')} | {ranks} | `{row['tuned']}` |")
+    if not lines:
+        return []
+    first = next(row for row in entry["rows"] if row["tuned"])
+    return [f"**Tuned vs default on `{name}`** ({first['deletion_ratio'] * 100:g}%; default → tuned, mean ± 95% CI over seeds "
+            f"{', '.join(map(str, first['seeds']))}; rank by the gap to retraining among all rows of the deletion set):", "",
+            f"| method | tuned hyperparameters | test {m} | D_f {m} | D_r {m} | Deep Unlearn ↓ | rank | study#trial |",
+            "|---" * 8 + "|", *lines, ""]
+
+
+def originals_table(name: str, entry: dict) -> list[str]:
+    """Markdown: configurations run on several θ₀s, with the spread over originals and over run seeds apart."""
+    m, lines = entry["metric"], []
+    for row in entry["over_originals"]:
+        cells = []
+        for key in (f"test_{m}", f"forget_{m}", "deep_unlearn_score"):
+            v = row["values"].get(key)
+            cells.append("–" if v is None else f"{v['mean']:.3f} (±{v['std_originals'] or 0:.3f} θ₀, ±{v['std_seeds'] or 0:.3f} seeds)")
+        lines.append(f"| `{label(row)}` | {row['deletion_ratio'] * 100:g}% | {len(row['original_seeds'])} | "
+                     + " | ".join(cells) + " |")
+    if not lines:
+        return []
+    return [f"**Over initialisations on `{name}`** (mean over θ₀s of the mean over run seeds; standard deviation across θ₀s "
+            "and, averaged, within one θ₀ across run seeds):", "",
+            f"| method | deletion | θ₀s | test {m} | D_f {m} | Deep Unlearn ↓ |", "|---" * 6 + "|", *lines, ""]
+
+
+def ulira_table(name: str, attacks: list[dict]) -> list[str]:
+    """Markdown: U-LiRA's balanced accuracy per method (0.5 is perfect unlearning)."""
+    if not attacks:
+        return []
+    lines = [f"**U-LiRA on `{name}`** (balanced accuracy of the per-example likelihood-ratio attack, mean ± 95% CI over the "
+             "held-out shadows; 0.5 is perfect unlearning):", "", "| method | deletion | shadows | targets | U-LiRA ↓ |", "|---" * 5 + "|"]
+    for row in attacks:
+        method = f"{row['method']} (tuned)" if row["tuned"] else label(row)
+        lines.append(f"| `{method}` | {row['deletion_ratio'] * 100:g}% | {row['shadows']} | {row['n_targets']} | "
+                     f"{number(row['balanced_accuracy'], 3)} |")
+    return lines + [""]
 
 
 def write_site(board: dict, out: Path, registry) -> Path:

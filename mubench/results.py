@@ -39,6 +39,7 @@ def given_args(result: dict) -> dict:
             if config["method_args_sources"].get(key) in GIVEN}
 
 
+ULIRA_SUFFIX = ".ulira.json"  # a U-LiRA result (mubench/schemas/ulira.schema.json), not a run
 GIVEN = ("command line", "tuned")  # the sources of method arguments that make a run another configuration
 
 
@@ -262,13 +263,15 @@ def mean_ci(values: list) -> tuple[float, float] | None:
 
 
 def seeds_table(results: list[dict]) -> str:
-    """Mean ± 95% CI per metric of the original and the unlearned model over runs that differ only in their seed."""
+    """Mean ± 95% CI per metric of the original and the unlearned model over runs that differ only in their seed (and θ₀'s)."""
     first = results[0]
     keys = list(first["results"]["original"]) + ["unlearn_s"]
     width = max(len(k) for k in keys) + 4
-    seeds = ", ".join(str(r["config"]["seed"]) for r in results)
+    originals = any("original_seed" in r["config"] for r in results)
+    seeds = ", ".join(f"{r['config'].get('original_seed', '-')}/{r['config']['seed']}" if originals else str(r["config"]["seed"])
+                      for r in results)
     lines = [f"{first['task']} / {first['model']} / {first['method']}  (D_f {first['split']['n_forget']} of "
-             f"{first['split']['n_train']}; seeds {seeds}; mean ± 95% CI)",
+             f"{first['split']['n_train']}; {'θ₀ seed/run seed' if originals else 'seeds'} {seeds}; mean ± 95% CI)",
              f"{'metric':<{width}}  {'original':>17}  {'unlearned':>17}"]
 
     def cell(values):
@@ -312,3 +315,14 @@ def summary_table(result: dict) -> str:
             value = reference[key]
             lines.append(f"{key:<{width}}  {'':>9}  " + ("      n/a" if value is None else f"{value:9.4f}"))
     return "\n".join(lines)
+
+
+def validate_ulira(result: dict, source) -> None:
+    """A U-LiRA result's shape (the shipped schema) and the numbers that must agree: the score is the mean of the shadows' scores."""
+    schema_errors(result, "ulira", source)
+    scores = [s for s in result["ulira"]["per_shadow"] if s is not None]
+    mean = result["ulira"]["balanced_accuracy"]["mean"]
+    if len(result["shadows"]) != result["config"]["shadows"] or len(result["ulira"]["per_shadow"]) != result["config"]["shadows"]:
+        raise UserError(f"{source}: key 'shadows': expected one entry per shadow ({result['config']['shadows']})")
+    if scores and (mean is None or abs(mean - sum(scores) / len(scores)) > 1e-9):
+        raise UserError(f"{source}: key 'ulira.balanced_accuracy.mean': is not the mean of ulira.per_shadow")

@@ -13,6 +13,7 @@ retrain`` the retrain cells run first, so that every other cell finds its refere
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import itertools
 import json
@@ -30,17 +31,17 @@ from mubench.api.registry import Registry
 from mubench.errors import UserError, key_path
 from mubench.files import read_json, write_json
 from mubench.harness import Prepared, RunConfig, resolve, run
+from mubench.parallel import RAY_KEYS, ray_map
 from mubench.results import GIVEN, cell_filename
 
 log = logging.getLogger("mubench")
 
 STATE = ".sweep"  # inside the output folder: cell locks, failures and the journal
 KEYS = {"tasks": list, "models": (list, type(None)), "methods": (list, str), "ratios": (list, str, type(None)),
-        "seeds": (list, str, type(None)),
+        "seeds": (list, str, type(None)), "original_seeds": (list, type(None)),
         "method_args": dict, "reference": (str, type(None)), "output": str, "device": str, "precision": str, "executor": str,
         "ray": dict, "time_budget": (str, int, float), "include_paths": list, "data_dir": (str, type(None)),
-        "leaderboard": (dict, type(None)), "tuned": dict}
-RAY_KEYS = {"address": (str, type(None)), "num_cpus": (int, float), "num_gpus": (int, float), "cluster_cpus": int}
+        "leaderboard": (dict, type(None)), "tuned": dict, "ulira": (dict, type(None))}
 LEADERBOARD_KEYS = {"out": str, "from": list}
 
 
@@ -53,6 +54,7 @@ class Sweep:
     models: list | None = None  # None: each task's default family
     ratios: list | str | None = None  # None: each card's default; "all": each card's ratios
     seeds: list | str | None = None  # None: each card's first seed; "all": each card's seeds
+    original_seeds: list | None = None  # None: the card's θ₀; else every cell on each θ₀ trained with these seeds
     method_args: dict = field(default_factory=dict)  # method → {argument: value or list of values}
     reference: str | None = None
     output: str = "results"
@@ -62,6 +64,7 @@ class Sweep:
     ray: dict = field(default_factory=dict)
     leaderboard: dict | None = None  # {out: DIR, from: [DIR, ...] (default: the output folder)}: built after the run
     tuned: dict = field(default_factory=dict)  # method → the file `mubench tune` wrote, as --tuned takes it
+    ulira: dict | None = None  # {shadows: N}: after the cells, U-LiRA on each configuration (at its first seed)
     time_budget: str | int | float = "retrain"
     include_paths: list = field(default_factory=list)
     data_dir: str | None = None
@@ -89,6 +92,8 @@ class Sweep:
         for key in ("tasks", "methods"):
             if not data.get(key):
                 raise UserError(f"{source}: key '{key}' is required (a list)")
+        if not all(isinstance(seed, int) and not isinstance(seed, bool) for seed in data.get("original_seeds") or []):
+            raise UserError(f"{source}: key 'original_seeds' is a list of integers")
         for key in ("methods", "ratios", "seeds"):
             if isinstance(data.get(key), str) and data[key] != "all":
                 raise UserError(f"{source}: key '{key}' is a list or 'all', got {data[key]!r}")
@@ -102,6 +107,9 @@ class Sweep:
         for key, value in board.items():
             if key not in LEADERBOARD_KEYS or not isinstance(value, LEADERBOARD_KEYS[key]):
                 raise UserError(f"{source}: key {key_path(('leaderboard', key))}: expected 'out' (a folder) or 'from' (a list of folders)")
+        shadows = (data.get("ulira") or {}).get("shadows")
+        if data.get("ulira") is not None and (set(data["ulira"]) != {"shadows"} or type(shadows) is not int):
+            raise UserError(f"{source}: key 'ulira': expected {{shadows: N}}, the number of shadow originals")
         if board and "out" not in board:
             raise UserError(f"{source}: key 'leaderboard' needs 'out', the folder the page goes to")
         for method, file in data.get("tuned", {}).items():
@@ -147,8 +155,10 @@ def cells(sweep: Sweep, registry: Registry, loaded: dict) -> list[Cell]:
                 if reason:  # one line for the method on this task, not one per cell
                     planned.append(Cell(RunConfig(task=task, method=method, model=model), f"{task}__{model}__{method}", reason))
                     continue
-                for ratio, seed, args in itertools.product(ratios, seeds, sweep.grid(method)):
+                originals = sweep.original_seeds or [None]
+                for ratio, seed, args, original_seed in itertools.product(ratios, seeds, sweep.grid(method), originals):
                     config = RunConfig(task=task, method=method, model=model, deletion_ratio=ratio, seed=seed, method_args=args,
+                                       original_seed=original_seed,
                                        device=sweep.device, precision=sweep.precision, time_budget=str(sweep.time_budget),
                                        output_path=Path(sweep.output).absolute(), include_paths=list(sweep.include_paths),
                                        data_dir=None if sweep.data_dir is None else Path(sweep.data_dir).absolute(),
@@ -168,7 +178,7 @@ def plan_cell(config: RunConfig, registry: Registry, loaded: dict) -> Cell:
         classes = [prepared.task.label_names[i] for i in prepared.classes]
     given = {key: value for key, value in plan.args.items() if plan.sources.get(key) in GIVEN}
     filename = cell_filename(prepared.card.name, prepared.family.name, plan.method_cls.name, prepared.ratio, plan.seed, classes,
-                             given_args=given)
+                             original_seed=config.original_seed, given_args=given)
     return Cell(config, filename)
 
 
@@ -282,27 +292,8 @@ def ray_cell(cell: Cell) -> Outcome:
 
 
 def execute_ray(phases: list[list[Cell]], settings: dict) -> list[Outcome]:
-    """On a Ray cluster (``ray.address``) or a local one (``ray.cluster_cpus`` CPUs, default all): one Ray task per cell
-    with the CPUs and GPUs asked for (``ray.num_cpus``, ``ray.num_gpus``); workers write results to the shared output folder."""
-    try:
-        import ray
-    except ImportError:
-        raise UserError("executor 'ray' needs Ray: pip install 'mubench[ray]'") from None
-    forwarded = {name: value for name, value in os.environ.items() if name.startswith(("MUBENCH_", "HF_", "TORCH_HOME"))}
-    if not ray.is_initialized():
-        local = {} if settings.get("address") else {"num_cpus": settings.get("cluster_cpus", os.cpu_count())}
-        ray.init(address=settings.get("address"), runtime_env={"env_vars": forwarded}, log_to_driver=False,
-                 include_dashboard=False, **local)
-    remote = ray.remote(num_cpus=settings.get("num_cpus", 1), num_gpus=settings.get("num_gpus", 0), max_retries=0)(ray_cell)
-    outcomes = []
-    with tqdm(total=sum(map(len, phases)), desc="sweep (ray)", unit="cell", disable=None) as bar:
-        for phase in phases:
-            pending = [remote.remote(cell) for cell in phase]
-            while pending:
-                ready, pending = ray.wait(pending, num_returns=1)
-                outcomes.append(ray.get(ready[0]))
-                bar.update()
-    return outcomes
+    """One Ray task per cell (see :func:`mubench.parallel.ray_map`); workers write results to the shared output folder."""
+    return list(ray_map(ray_cell, phases, settings, "sweep"))
 
 
 def execute(sweep: Sweep, planned: list[Cell], registry: Registry, loaded: dict) -> list[Outcome]:
@@ -314,6 +305,27 @@ def execute(sweep: Sweep, planned: list[Cell], registry: Registry, loaded: dict)
     if sweep.executor == "ray":
         return done + execute_ray(phases, sweep.ray)
     return done + execute_local(phases, registry, loaded)
+
+
+def attack_all(sweep: Sweep, planned: list[Cell], registry: Registry) -> list[Outcome]:
+    """U-LiRA (``ulira: {shadows: N}``) on each configuration of the sweep at its first run seed, unless its file exists;
+    every shadow original is shared by all methods. A failure is recorded in the outcome, not raised."""
+    from mubench.ulira import UliraConfig, ulira
+
+    outcomes, seen = [], set()
+    for cell in planned:
+        config = cell.config
+        key = (config.task, config.model, config.method, config.deletion_ratio, json.dumps(config.method_args, sort_keys=True))
+        if cell.applicable or key in seen:
+            continue
+        seen.add(key)
+        try:
+            result, path = ulira(UliraConfig(dataclasses.replace(config, original_seed=None), sweep.ulira["shadows"], sweep.executor,
+                                             sweep.ray), registry, skip_done=True)
+            outcomes.append(Outcome(path.name, "done" if result is None else "ran"))
+        except UserError as e:
+            outcomes.append(Outcome(cell.filename, "failed", str(e)))
+    return outcomes
 
 
 def plan_table(planned: list[Cell]) -> str:

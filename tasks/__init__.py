@@ -2,7 +2,7 @@
 from pathlib import Path
 
 from mubench.api import hookimpl
-from mubench.tasks.architectures import small_cnn
+from mubench.tasks.architectures import resnet18, small_cnn, tiny_vit
 from mubench.tasks.audio import AudioClassificationTask
 from mubench.tasks.biofact import load_people
 from mubench.tasks.classification import ImageClassificationTask
@@ -15,6 +15,7 @@ from mubench.tasks.pretrained import Pretrained
 from mubench.tasks.speech_commands import one_second_silence
 from mubench.tasks.text import RelationClassificationTask, TextClassificationTask
 from mubench.tasks.ucf101 import frames_to_clips
+from mubench.tasks.utkface import age_groups
 from mubench.tasks.video import VideoClassificationTask
 from mubench.tasks.vision_language import VisualReasoningTask
 
@@ -40,9 +41,10 @@ def mubench_dataset_loaders():
 
 @hookimpl
 def mubench_dataset_adapters():
-    return {"ucf101_clips": frames_to_clips, "speech_commands_silence": one_second_silence}
+    return {"ucf101_clips": frames_to_clips, "speech_commands_silence": one_second_silence, "utkface_age_groups": age_groups}
 
 
 @hookimpl
 def mubench_architectures():
-    return {"small_cnn": small_cnn, "transformers": Pretrained(), "stable_diffusion": StableDiffusion()}
+    return {"small_cnn": small_cnn, "resnet18": resnet18, "tiny_vit": tiny_vit, "transformers": Pretrained(),
+            "stable_diffusion": StableDiffusion()}
