@@ -409,8 +409,24 @@ def page(board: dict, images: dict) -> str:
         f"<p>{board['n_results']} results, mubench {html.escape(board['mubench_version'])}, built {html.escape(board['generated'])}. "
         f"The data: <a href=\"leaderboard.json\">leaderboard.json</a>. Tasks: {links}</p>",
         *(task_section(name, entry, images) for name, entry in board["tasks"].items()),
+        ulira_section(board["ulira"]),
         (f"<h2>Rejected files</h2><ul>{rejected}</ul>" if rejected else ""),
         f"<script>{SORT_SCRIPT}</script>", "</body></html>"])
+
+
+def ulira_section(attacks: dict) -> str:
+    """The U-LiRA results of every task, one table (empty when there are none)."""
+    if not attacks:
+        return ""
+    head = ["task", "method", "arguments", "deletion", "shadows", "targets", "U-LiRA balanced accuracy (0.5: perfect)"]
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(cell))}</td>" for cell in (
+        task, row["method"], row["tuned"] or ", ".join(f"{k}={v}" for k, v in row["method_args"].items()) or "–",
+        f"{row['deletion_ratio'] * 100:g}%", row["shadows"], row["n_targets"], number(row["balanced_accuracy"], 3))) + "</tr>"
+        for task, rows in attacks.items() for row in rows)
+    return (f'<section id="ulira"><h2>U-LiRA</h2><p>The per-example attack of Deep Unlearn (Hayes et al. 2024): shadow '
+            f'originals on halves of the training split, each unlearned on the part of D_f it holds; mean ± 95% CI over the '
+            f'held-out shadows.</p><table class="board"><thead><tr>{"".join(f"<th>{html.escape(h)}</th>" for h in head)}'
+            f"</tr></thead><tbody>{body}</tbody></table></section>")
 
 
 def card_setting(row: dict, card) -> bool:

@@ -56,7 +56,7 @@ def test_train_then_list(cli):
 
 @pytest.mark.parametrize("args, fragments", [
     (["run", "--task", "digts", "--method", "salun"],
-     ["unknown task 'digts'", "Did you mean 'digits'?", "Known: biofact, cifar100, ddi2013, digits"]),
+     ["unknown task 'digts'", "Did you mean 'digits'?", "Known: biofact, cifar10, cifar100, ddi2013, digits"]),
     (["run", "--task", "digits", "--method", "salunn"], ["unknown method 'salunn'", "Did you mean 'salun'?", "neggrad"]),
     (["run", "--task", "digits", "--method", "salun", "--model", "resnet"], ["unknown model for task 'digits' 'resnet'", "Known: cnn"]),
     (["run", "--task", "digits", "--method", "salun", "--deletion-ratio", "5"], ["--deletion-ratio", "strictly between 0 and 1"]),

@@ -225,3 +225,43 @@ def test_the_page_opens_from_the_file_system_in_headless_chromium(board, tmp_pat
     finally:
         browser.close()
         manager.stop()
+
+
+def test_runs_on_several_originals_are_aggregated_over_theta_0_and_run_seeds_apart(registry, tmp_path):
+    """A sweep over two original seeds × two run seeds: one row per θ₀, and one over-initialisations entry whose spreads
+    are those of the θ₀ means and, averaged, of the run seeds within each θ₀."""
+    from mubench.sweep import Sweep, cells, execute
+
+    sweep = Sweep.read(None, {"tasks": ["digits"], "methods": ["neggrad"], "seeds": [42, 87], "original_seeds": [1, 2],
+                              "output": str(tmp_path)})
+    planned = cells(sweep, registry, {})
+    assert sorted(c.filename for c in planned)[0] == "digits__cnn__neggrad__df5__seed42__orig1.json" and len(planned) == 4
+    assert {o.state for o in execute(sweep, planned, registry, {})} == {"ran"}
+    board = build(*collect([tmp_path], registry), registry)
+    entry = board["tasks"]["digits"]
+    assert len(entry["rows"]) == 2 and {row["original_seed"] for row in entry["rows"]} == {1, 2}
+    [over] = entry["over_originals"]
+    assert over["original_seeds"] == [1, 2] and over["seeds_per_original"] == [2]
+    per_original = {row["original_seed"]: row["values"]["test_acc"] for row in entry["rows"]}
+    means = [per_original[s]["mean"] for s in (1, 2)]
+    value = over["values"]["test_acc"]
+    assert value["mean"] == pytest.approx(sum(means) / 2)
+    assert value["std_originals"] == pytest.approx(abs(means[0] - means[1]) / math.sqrt(2))
+    assert value["std_seeds"] == pytest.approx((per_original[1]["std"] + per_original[2]["std"]) / 2)
+    assert "Over initialisations on `digits`" in markdown(board, registry)
+    schema_errors(board, "leaderboard", "leaderboard.json")
+
+
+def test_a_single_original_gives_no_over_initialisations_entry(board):
+    assert board["tasks"]["digits"]["over_originals"] == []
+
+
+def test_seed_lists_take_ranges():
+    import argparse
+
+    from mubench.cli import seed_list
+
+    assert seed_list("0..3") == [0, 1, 2, 3] and seed_list("5,0..1") == [5, 0, 1] and seed_list("7") == [7]
+    for bad in ("3..1", "a..b", "1,1"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            seed_list(bad)

@@ -166,9 +166,13 @@ def test_leaderboard_results_are_valid_and_the_published_leaderboard_is_built_fr
     accepted, rejected = collect([Path("leaderboard_results")], registry)
     assert accepted and rejected == []
     # like with like: each task's published results start from one θ₀, computed by one kind of CPU kernels
-    made_with = {(r["task"], r["model"], r["model_info"].get("original_sha256"), r["environment"].get("cpu_capability"))
-                 for _, r in accepted}
+    runs = [r for _, r in accepted if r.get("kind") != "ulira"]
+    made_with = {(r["task"], r["model"], r["model_info"].get("original_sha256"), r["environment"].get("cpu_capability")) for r in runs}
     assert len(made_with) == len({key[:2] for key in made_with}) and all(key[2] and key[3] for key in made_with), made_with
+    # U-LiRA's: on each task, every method attacked through the same shadow originals, on the same kind of kernels
+    shadows = {(r["task"], r["config"]["shadows"], tuple(s["original_sha256"] for s in r["shadows"]), r["environment"]["cpu_capability"])
+               for _, r in accepted if r.get("kind") == "ulira"}
+    assert len(shadows) == len({key[:2] for key in shadows}), shadows
     built = build(accepted, rejected, registry)
     published = json.loads((REPO / "leaderboard_results" / "site" / "leaderboard.json").read_text())
     for board in (built, published):

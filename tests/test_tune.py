@@ -166,3 +166,19 @@ def test_a_sweep_runs_a_method_with_its_tuned_file(study, registry, tmp_path):
     assert [o.state for o in outcomes] == ["ran"]
     result = json.loads(planned[0].path.read_text())
     assert "__args" in planned[0].filename and result["config"]["tuned"]["study"]["name"] == tuned.study.study_name
+
+
+def test_the_leaderboard_sets_a_tuned_row_beside_the_default(study, registry, tmp_path):
+    from mubench.leaderboard import build, collect, markdown
+
+    _, tuned = study
+    for options in ({"tuned": tuned.path}, {}):
+        run(RunConfig(task="digits", method="ngplus", output_path=tmp_path, reference="retrain", **options), registry)
+    board = build(*collect([tmp_path], registry), registry)
+    rows = {row["tuned"]: row for row in board["tasks"]["digits"]["rows"] if row["method"] == "ngplus"}
+    assert set(rows) == {None, f"{tuned.study.study_name}#{tuned.chosen.number}"}
+    text = markdown(board, registry)
+    assert "**Tuned vs default on `digits`**" in text
+    line = next(line for line in text.splitlines() if line.startswith("| `ngplus` | epochs="))
+    default, chosen = (rows[key]["values"]["test_acc"]["mean"] for key in (None, f"{tuned.study.study_name}#{tuned.chosen.number}"))
+    assert f"{default:.3f} → {chosen:.3f}" in line

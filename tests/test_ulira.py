@@ -1,4 +1,5 @@
 """U-LiRA: the shadows' halves, the likelihood-ratio attack on fixed numbers, and the ordering retrain < original."""
+import dataclasses
 import json
 import math
 
@@ -115,3 +116,44 @@ def test_an_odd_or_small_number_of_shadows_is_refused_in_one_line(tiny, cli):
     done = cli("ulira", "--task", TINY, "--method", "original", "--shadows", "5", "--include-path", folder, "--output-path", out)
     assert done.returncode == 2 and "--shadows 5: expected an even number, 6 or more" in done.stderr
     assert done.stderr.strip().count("\n") == 0
+
+
+def test_the_leaderboard_shows_u_lira_and_skips_an_edited_result(tiny, tmp_path):
+    from mubench.leaderboard import build, collect, markdown
+
+    folder, registry, out = tiny
+    for method in ("original", "retrain"):
+        attacked(tiny, method)
+    edited = json.loads(next(out.glob("*original*.ulira.json")).read_text())
+    edited["ulira"]["per_shadow"][0] = 0.0
+    (out / "edited" / "x.ulira.json").parent.mkdir(exist_ok=True)
+    (out / "edited" / "x.ulira.json").write_text(json.dumps(edited))
+    board = build(*collect([out], registry), registry)
+    rows = board["ulira"][TINY]
+    assert {row["method"] for row in rows} == {"original", "retrain"} and all(row["shadows"] == 6 for row in rows)
+    assert [r["file"] for r in board["rejected"]] == [str(out / "edited" / "x.ulira.json")]
+    text = markdown(board, registry)
+    assert f"**U-LiRA on `{TINY}`**" in text and "| `retrain` | 20% | 6 | 24 |" in text
+
+
+def test_shadows_run_as_ray_tasks_give_the_local_scores(tiny, tmp_path, monkeypatch):
+    """The shadows of the original (trained and cached by the local run) unlearned in two Ray workers, one thread each:
+    the same statistics as a local run on one thread."""
+    import torch
+
+    folder, registry, _ = tiny
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    config = RunConfig(task=TINY, method="original", include_paths=[folder])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        local, _ = ulira(UliraConfig(dataclasses.replace(config, output_path=tmp_path / "local"), shadows=6), registry)
+    finally:
+        torch.set_num_threads(threads)
+    remote, _ = ulira(UliraConfig(dataclasses.replace(config, output_path=tmp_path / "ray"), shadows=6, executor="ray",
+                                  ray={"num_cpus": 1, "cluster_cpus": 2}), registry)
+    import ray
+
+    ray.shutdown()
+    assert remote["ulira"] == local["ulira"]
+    assert [s["original_sha256"] for s in remote["shadows"]] == [s["original_sha256"] for s in local["shadows"]]
