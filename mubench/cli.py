@@ -102,8 +102,7 @@ def build_parser() -> Parser:
     tune = sub.add_parser("tune", help="search a method's hyperparameters with Optuna on a validation split carved from D_r",
                           description="Deep Unlearn's search: each trial unlearns with proposed hyperparameters and is judged "
                                       "against the retrained model on a share of D_r held out (never D_test). The study is "
-                                      "stored in SQLite under --study-dir: rerun to resume, or run the same command in "
-                                      "several processes to search in parallel.")
+                                      "stored in SQLite under --study-dir: rerun to resume.")
     tune.add_argument("--task", required=True)
     tune.add_argument("--method", required=True)
     tune.add_argument("--trials", type=int, required=True, metavar="N", help="finished trials the study should hold")

@@ -8,8 +8,7 @@ NSGA-II: the gaps to the retrained model in the task metric on D_r, D_f and the 
 split, and 1 − the loss attack's indiscernibility. A scalar objective (``deep_unlearn_score``,
 ``gap.<metric>`` or a metric of the unlearned model such as ``test_acc``) is searched with
 TPE. The study lives in SQLite beside the chosen values, so a search resumes where it
-stopped and several processes (or machines sharing the file) can run one study together;
-the total number of finished trials never passes ``--trials``.
+stopped; the total number of finished trials never passes ``--trials``.
 """
 from __future__ import annotations
 

@@ -6,8 +6,7 @@ shadow is then unlearned with the method under test on the targets it holds (its
 D_f; its D_r is the rest of its half). So each target is, in half the shadows,
 trained on and unlearned, and in the other half never seen. For each target, Gaussians
 are fitted to its statistic (the logit-scaled confidence of its true class,
-``z_y − logsumexp_{j≠y} z_j``, or minus the task's per-example loss where there are no
-class logits) under "unlearned" and under "never trained on", over all shadows but one;
+``z_y − logsumexp_{j≠y} z_j``; classifiers only) under "unlearned" and under "never trained on", over all shadows but one;
 on the held-out shadow the likelihood ratio guesses which targets it unlearned. The
 score is that guess's balanced accuracy, averaged over the held-out shadows (each in
 turn), with its 95% interval: 0.5 is perfect unlearning (retraining scores about that),
@@ -92,22 +91,17 @@ def halves(n: int, targets: np.ndarray, shadows: int, seed: int) -> list[np.ndar
 
 
 def statistic(task, model: torch.nn.Module, data: UnlearningData, device, precision: str, batch_size: int) -> np.ndarray:
-    """Each D_f example's statistic under ``model``: the logit-scaled confidence of its true class (class logits), else
-    minus its task loss; in D_f's order."""
+    """Each D_f example's statistic under ``model``, in D_f's order: the logit-scaled confidence of its true class."""
     model.eval()
     values = []
     with torch.no_grad(), autocast(device, precision):
         for batch in data.loader("forget", batch_size, shuffle=False):
             batch = batch.to(device)
-            logits = task.forward(model, batch.inputs)
-            if task.output == "class_logits":
-                logits = logits.float()
-                labels = batch.inputs["labels"]
-                true = logits.gather(1, labels[:, None]).squeeze(1)
-                others = logits.scatter(1, labels[:, None], -math.inf)
-                values.append((true - torch.logsumexp(others, dim=1)).cpu())
-            else:
-                values.append(-task.loss(logits, batch.inputs).float().cpu())
+            logits = task.forward(model, batch.inputs).float()
+            labels = batch.inputs["labels"]
+            true = logits.gather(1, labels[:, None]).squeeze(1)
+            others = logits.scatter(1, labels[:, None], -math.inf)
+            values.append((true - torch.logsumexp(others, dim=1)).cpu())
     return torch.cat(values).numpy().astype(np.float64)
 
 
@@ -160,9 +154,9 @@ _worker: dict = {}  # a Ray worker's registry and loaded data, kept between the 
 def shadow_plan(config: UliraConfig, registry: Registry, loaded: dict) -> Plan:
     """The attacked run, resolved with its data loaded (every user error here)."""
     plan = resolve(dataclasses.replace(config.run, reference=None, save_model=False, validation=None), registry, loaded)
-    if plan.prepared.task.output not in ("class_logits", "token_logits"):
-        raise UserError(f"U-LiRA needs a per-example statistic; task type '{plan.prepared.task.name}' has neither "
-                        f"class logits nor a per-example loss it can read")
+    if plan.prepared.task.output != "class_logits":
+        raise UserError(f"U-LiRA reads each example's class logits; task type '{plan.prepared.task.name}' gives "
+                        f"{plan.prepared.task.output.replace('_', ' ')}")
     plan.prepared.load()
     return plan
 
@@ -257,7 +251,7 @@ def assemble(plan: Plan, config: UliraConfig, outcomes: list[ShadowOutcome], sco
                   "split_seed": prepared.card.split_seed, "data_sha256": prepared.data_sha256}
                  | ({"forget_classes": [prepared.task.label_names[i] for i in prepared.classes]} if prepared.classwise else {}),
         "method_info": method_info(plan.method_cls),
-        "ulira": {"statistic": "logit-scaled confidence" if prepared.task.output == "class_logits" else "minus the task loss",
+        "ulira": {"statistic": "logit-scaled confidence",
                   "balanced_accuracy": {"mean": mean, "std": std, "ci95": None if math.isnan(half) else half, "n": len(finite)},
                   "per_shadow": [None if not math.isfinite(s) else float(s) for s in scores]},
         "shadows": [{"index": o.index, "original_sha256": o.original_sha256, "unlearn_s": o.unlearn_s,

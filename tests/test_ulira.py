@@ -157,3 +157,8 @@ def test_shadows_run_as_ray_tasks_give_the_local_scores(tiny, tmp_path, monkeypa
     ray.shutdown()
     assert remote["ulira"] == local["ulira"]
     assert [s["original_sha256"] for s in remote["shadows"]] == [s["original_sha256"] for s in local["shadows"]]
+
+
+def test_a_task_without_class_logits_is_refused_before_any_data_is_read(registry, tmp_path):
+    with pytest.raises(UserError, match="U-LiRA reads each example's class logits; task type 'seq2seq_generation' gives token logits"):
+        ulira(UliraConfig(RunConfig(task="samsum", method="original", output_path=tmp_path), shadows=6), registry)
