@@ -115,11 +115,7 @@ def build_parser() -> Parser:
     tune.add_argument("--validation", type=ratio, default=0.1, metavar="F", help="share of D_r held out to judge trials (default 0.1)")
     tune.add_argument("--study-dir", type=Path, default=Path("tuning"), metavar="DIR",
                       help="where the study (.db) and the chosen values (.yaml) go (default: tuning)")
-    tune.add_argument("--model")
-    tune.add_argument("--deletion-ratio", type=ratio)
-    tune.add_argument("--seed", type=int, help="the trials' run seed (default: the card's first)")
-    tune.add_argument("--method-args", default="", metavar="K=V,...", help="hyperparameters to keep fixed (not searched)")
-    tune.add_argument("--time-budget", default="retrain", help="'retrain' (default), 'none' or seconds")
+    studied_run(tune, seed="the trials' run seed", method_args="hyperparameters to keep fixed (not searched)")
     common(tune)
 
     attack = sub.add_parser("ulira", help="U-LiRA: the per-sample attack of Deep Unlearn over shadow originals (0.5 is perfect)",
@@ -129,12 +125,8 @@ def build_parser() -> Parser:
     attack.add_argument("--task", required=True)
     attack.add_argument("--method", required=True)
     attack.add_argument("--shadows", type=int, default=16, metavar="N", help="shadow originals, an even number (default 16)")
-    attack.add_argument("--model")
-    attack.add_argument("--deletion-ratio", type=ratio)
-    attack.add_argument("--seed", type=int, help="the shadows' unlearning seed (default: the card's first)")
-    attack.add_argument("--method-args", default="", metavar="K=V,...")
+    studied_run(attack, seed="the shadows' unlearning seed", method_args="override hyperparameters")
     attack.add_argument("--tuned", type=Path, metavar="FILE", help="the hyperparameters `mubench tune` chose")
-    attack.add_argument("--time-budget", default="retrain", help="'retrain' (default), 'none' or seconds")
     attack.add_argument("--output-path", type=Path, default=Path("results"), metavar="DIR")
     attack.add_argument("--executor", choices=["local", "ray"], default="local", help="run the shadows here or as Ray tasks")
     attack.add_argument("--address", help="the Ray cluster to join (default: start a local one)")
@@ -203,6 +195,15 @@ def build_parser() -> Parser:
     verify.add_argument("--data-dir", type=Path, metavar="DIR", help="a local copy of the task's dataset")
     verify.add_argument("--device", default="cpu", help="cpu (default) or cuda; the result's own device to verify exactly")
     return parser
+
+
+def studied_run(parser, seed: str, method_args: str) -> None:
+    """The options of the run that ``tune`` and ``ulira`` repeat: its model, ratio, seed, fixed arguments and budget."""
+    parser.add_argument("--model")
+    parser.add_argument("--deletion-ratio", type=ratio)
+    parser.add_argument("--seed", type=int, help=f"{seed} (default: the card's first)")
+    parser.add_argument("--method-args", default="", metavar="K=V,...", help=method_args)
+    parser.add_argument("--time-budget", default="retrain", help="'retrain' (default), 'none' or seconds")
 
 
 def names(text: str) -> list[str]:
