@@ -26,7 +26,17 @@ from mubench.files import atomic_folder, atomic_path, ensure_writable, mubench_h
 from mubench.loop import Budget, resolve_device, resolve_precision
 from mubench.lora import LoraSpec, apply_lora
 from mubench.originals import Family, resolve_original
-from mubench.results import SCHEMA_VERSION, environment, finite, method_info, reference_block, result_filename, validate_result
+from mubench.results import (
+    SCHEMA_VERSION,
+    cell_filename,
+    environment,
+    finite,
+    given,
+    method_info,
+    reference_block,
+    result_filename,
+    validate_result,
+)
 from mubench.splits import chosen_classes, deletion_order, forget_indices, indices_sha256
 
 log = logging.getLogger("mubench")
@@ -307,6 +317,15 @@ def resolve(config: RunConfig, registry: Registry, loaded: dict | None = None) -
     ensure_writable(config.output_path)
     return Plan(config, prepared, method_cls, args, sources, budget_setting, device, precision, seed,
                 Evaluator.for_card(card, task, prepared.metrics, device, precision), tuned and tuned["record"])
+
+
+def planned_filename(plan: Plan) -> str:
+    """The result file name a resolved run will write (see :func:`mubench.results.result_filename`), before it runs;
+    a class-wise task's data must be loaded (its classes are drawn from it)."""
+    prepared = plan.prepared
+    classes = [prepared.task.label_names[i] for i in prepared.classes] if prepared.classwise else None
+    return cell_filename(prepared.card.name, prepared.family.name, plan.method_cls.name, prepared.ratio, plan.seed, classes,
+                         plan.config.split_seed, plan.config.original_seed, given(plan.args, plan.sources))
 
 
 def read_tuned(path: Path, method: str) -> dict:

@@ -34,9 +34,12 @@ def result_filename(result: dict) -> str:
 
 def given_args(result: dict) -> dict:
     """The method arguments a result's run was given (command line, sweep grid or a tuned file), not those it inherited."""
-    config = result["config"]
-    return {key: value for key, value in config["method_args"].items()
-            if config["method_args_sources"].get(key) in GIVEN}
+    return given(result["config"]["method_args"], result["config"]["method_args_sources"])
+
+
+def given(args: dict, sources: dict) -> dict:
+    """The arguments among ``args`` that ``sources`` says were given (see :data:`GIVEN`)."""
+    return {key: value for key, value in args.items() if sources.get(key) in GIVEN}
 
 
 ULIRA_SUFFIX = ".ulira.json"  # a U-LiRA result (mubench/schemas/ulira.schema.json), not a run

@@ -30,9 +30,8 @@ from tqdm.auto import tqdm
 from mubench.api.registry import Registry
 from mubench.errors import UserError, key_path
 from mubench.files import read_json, write_json
-from mubench.harness import Prepared, RunConfig, resolve, run
+from mubench.harness import Prepared, RunConfig, planned_filename, resolve, run
 from mubench.parallel import RAY_KEYS, ray_map
-from mubench.results import GIVEN, cell_filename
 
 log = logging.getLogger("mubench")
 
@@ -171,15 +170,9 @@ def cells(sweep: Sweep, registry: Registry, loaded: dict) -> list[Cell]:
 def plan_cell(config: RunConfig, registry: Registry, loaded: dict) -> Cell:
     """Resolve one cell (a user error stops the sweep) and name its result file; class-wise tasks read their data for it."""
     plan = resolve(config, registry, loaded)
-    prepared = plan.prepared
-    classes = None
-    if prepared.classwise:
-        prepared.load()
-        classes = [prepared.task.label_names[i] for i in prepared.classes]
-    given = {key: value for key, value in plan.args.items() if plan.sources.get(key) in GIVEN}
-    filename = cell_filename(prepared.card.name, prepared.family.name, plan.method_cls.name, prepared.ratio, plan.seed, classes,
-                             original_seed=config.original_seed, given_args=given)
-    return Cell(config, filename)
+    if plan.prepared.classwise:
+        plan.prepared.load()
+    return Cell(config, planned_filename(plan))
 
 
 class Journal:

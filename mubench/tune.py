@@ -119,6 +119,18 @@ def sampler_for(name: str, seed: int, trials: int):
     return optuna.samplers.RandomSampler(seed=seed)
 
 
+def finished(study) -> list:
+    """The study's trials that finished with values (the ones ``--trials`` counts)."""
+    import optuna
+
+    return [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
+
+
+def by_score(trial) -> tuple:
+    """A finished trial's order: Deep Unlearn's score (lower first; none last), then its number."""
+    return trial.user_attrs["scores"].get("deep_unlearn_score") or math.inf, trial.number
+
+
 def tune(config: TuneConfig, registry: Registry | None = None) -> Tuned:
     """Run (or resume) the study of ``config`` and write the chosen values as a ``methods.<name>`` block."""
     import optuna
@@ -176,30 +188,27 @@ def tune(config: TuneConfig, registry: Registry | None = None) -> Tuned:
                         f"use another --study-dir for --objective {config.objective!r}")
     study.set_user_attr("objective", config.objective)
     study.set_user_attr("validation", config.validation)
-    done = lambda: sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.get_trials(deepcopy=False))  # noqa: E731
-    before = done()
+    before = len(finished(study))
     if before < config.trials:
         study.optimize(objective, n_trials=config.trials - before, catch=(),
                        callbacks=[optuna.study.MaxTrialsCallback(config.trials, states=(optuna.trial.TrialState.COMPLETE,))])
     if not study.best_trials:
         raise UserError(f"study {name}: no trial finished with finite objectives (every run diverged?)")
-    chosen = min(study.best_trials, key=lambda t: (t.user_attrs["scores"].get("deep_unlearn_score") or math.inf, t.number))
+    chosen = min(study.best_trials, key=by_score)
     path = config.study_dir / f"{name}.yaml"
     write_tuned(path, plan, chosen, study, config, sampler_name, storage)
-    return Tuned(study, chosen, path, done() - before)
+    return Tuned(study, chosen, path, len(finished(study)) - before)
 
 
 def write_tuned(path: Path, plan, chosen, study, config: TuneConfig, sampler: str, storage: str) -> None:
     """The chosen values as a ``methods.<name>`` block, and the study they came from (what a result run with them records)."""
-    import optuna
-
     method = plan.method_cls.name
     block = {"methods": {method: dict(chosen.params) | dict(config.run.method_args)},
              "study": {"method": method, "task": plan.prepared.card.name, "model": plan.prepared.family.name,
                        "deletion_ratio": plan.prepared.ratio, "seed": plan.seed, "name": study.study_name,
                        "storage": Path(storage.removeprefix("sqlite:///")).name, "objective": config.objective,
                        "sampler": sampler, "sampler_seed": config.sampler_seed, "validation": config.validation,
-                       "trials": sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.get_trials(deepcopy=False)),
+                       "trials": len(finished(study)),
                        "trial": chosen.number, "values": chosen.user_attrs["scores"],
                        "pareto_trials": sorted(t.number for t in study.best_trials),
                        "mubench_version": __version__,
@@ -212,19 +221,16 @@ def write_tuned(path: Path, plan, chosen, study, config: TuneConfig, sampler: st
 
 def trials_table(tuned: Tuned, top: int = 10) -> str:
     """The best finished trials by Deep Unlearn's score (lower is better): their values and what they scored."""
-    import optuna
-
-    finished = [t for t in tuned.study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
-    finished.sort(key=lambda t: (t.user_attrs["scores"].get("deep_unlearn_score") or math.inf, t.number))
+    done = sorted(finished(tuned.study), key=by_score)
     pareto = {t.number for t in tuned.study.best_trials}
     lines = [f"{'trial':>5}  {'score':>7}  {'D_r gap':>7}  {'D_f gap':>7}  {'val gap':>7}  {'1-MIA':>6}  hyperparameters"]
-    for t in finished[:top]:
+    for t in done[:top]:
         s = t.user_attrs["scores"]
         cells = [s.get(k) for k in ("deep_unlearn_score", *PARETO_PARTS)]
         text = "  ".join(f"{v:>7.4f}" if v is not None else f"{'n/a':>7}" for v in cells)
         mark = "*" if t.number in pareto else " "
         lines.append(f"{t.number:>4}{mark}  {text}  " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                                              for k, v in sorted(t.params.items())))
-    lines.append(f"{len(finished)} trials finished ({tuned.ran} this time); * on the Pareto front; "
+    lines.append(f"{len(done)} trials finished ({tuned.ran} this time); * on the Pareto front; "
                  f"chosen: trial {tuned.chosen.number} -> {tuned.path}")
     return "\n".join(lines)

@@ -36,11 +36,11 @@ from mubench.data import UnlearningData
 from mubench.errors import UserError
 from mubench.evaluation import Evaluator
 from mubench.files import write_json
-from mubench.harness import Plan, RunConfig, resolve, unlearn
+from mubench.harness import Plan, RunConfig, planned_filename, resolve, unlearn
 from mubench.loop import autocast
 from mubench.originals import resolve_original
 from mubench.parallel import ray_map
-from mubench.results import GIVEN, ULIRA_SUFFIX, cell_filename, environment, mean_ci, method_info, validate_ulira
+from mubench.results import ULIRA_SUFFIX, environment, given, mean_ci, method_info, validate_ulira
 from mubench.splits import indices_sha256
 
 log = logging.getLogger("mubench")
@@ -221,13 +221,8 @@ def ulira(config: UliraConfig, registry: Registry | None = None, skip_done: bool
 
 
 def ulira_filename(plan: Plan, shadows: int) -> str:
-    """The attacked run's file name (see :func:`mubench.results.cell_filename`) with ``__shadows<N>.ulira.json``."""
-    prepared = plan.prepared
-    classes = [prepared.task.label_names[i] for i in prepared.classes] if prepared.classwise else None
-    given = {key: value for key, value in plan.args.items() if plan.sources.get(key) in GIVEN}
-    name = cell_filename(prepared.card.name, prepared.family.name, plan.method_cls.name, prepared.ratio, plan.seed, classes,
-                         given_args=given)
-    return name.removesuffix(".json") + f"__shadows{shadows}{ULIRA_SUFFIX}"
+    """The attacked run's file name (see :func:`mubench.harness.planned_filename`) with ``__shadows<N>.ulira.json``."""
+    return planned_filename(plan).removesuffix(".json") + f"__shadows{shadows}{ULIRA_SUFFIX}"
 
 
 def assemble(plan: Plan, config: UliraConfig, outcomes: list[ShadowOutcome], scores: np.ndarray, total_s: float) -> dict:
@@ -243,7 +238,7 @@ def assemble(plan: Plan, config: UliraConfig, outcomes: list[ShadowOutcome], sco
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "config": {"deletion_ratio": prepared.ratio, "seed": plan.seed, "shadows": config.shadows, "method_args": plan.args,
                    "method_args_sources": plan.sources,
-                   "given_args": {k: v for k, v in plan.args.items() if plan.sources.get(k) in GIVEN},
+                   "given_args": given(plan.args, plan.sources),
                    "protocol": prepared.card.data.get("protocol", "mubench"), "device": plan.device.type,
                    "precision": plan.precision, "time_budget": plan.budget_setting}
                   | ({"tuned": plan.tuned} if plan.tuned else {}),
