@@ -128,7 +128,8 @@ def finished(study) -> list:
 
 def by_score(trial) -> tuple:
     """A finished trial's order: Deep Unlearn's score (lower first; none last), then its number."""
-    return trial.user_attrs["scores"].get("deep_unlearn_score") or math.inf, trial.number
+    score = trial.user_attrs["scores"].get("deep_unlearn_score")
+    return math.inf if score is None else score, trial.number
 
 
 def tune(config: TuneConfig, registry: Registry | None = None) -> Tuned:

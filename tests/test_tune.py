@@ -69,6 +69,18 @@ def test_suggest_keeps_the_hyperparameters_type():
     assert suggest(trial, "optimizer", Choice(("adam", "sgd")), "adam") == "sgd"
 
 
+def test_trials_order_by_score_with_zero_first_ties_by_number_and_no_score_last():
+    from types import SimpleNamespace
+
+    from mubench.tune import by_score
+
+    def trial(number, score):
+        return SimpleNamespace(number=number, user_attrs={"scores": {"deep_unlearn_score": score}})
+
+    trials = [trial(0, 0.3), trial(1, None), trial(2, 0.0), trial(3, 0.3), trial(4, 0.1)]
+    assert [t.number for t in sorted(trials, key=by_score)] == [2, 4, 0, 3, 1]
+
+
 def tune_config(tmp_path, trials, **options):
     run_config = RunConfig(task="digits", method="ngplus", method_args=options.pop("method_args", {}))
     return TuneConfig(run_config, trials, study_dir=tmp_path, **options)
