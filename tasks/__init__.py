@@ -2,7 +2,7 @@
 from pathlib import Path
 
 from mubench.api import hookimpl
-from mubench.tasks.architectures import resnet18, small_cnn, tiny_vit
+from mubench.tasks.architectures import mlp, resnet18, small_cnn, tiny_vit
 from mubench.tasks.audio import AudioClassificationTask
 from mubench.tasks.biofact import load_people
 from mubench.tasks.classification import ImageClassificationTask
@@ -13,6 +13,7 @@ from mubench.tasks.generation import CausalGenerationTask, Seq2SeqGenerationTask
 from mubench.tasks.nlvr2 import load_nlvr2_release
 from mubench.tasks.pretrained import Pretrained
 from mubench.tasks.speech_commands import one_second_silence
+from mubench.tasks.tabular import TabularClassificationTask, load_sklearn_table
 from mubench.tasks.text import RelationClassificationTask, TextClassificationTask
 from mubench.tasks.ucf101 import frames_to_clips
 from mubench.tasks.utkface import age_groups
@@ -20,7 +21,8 @@ from mubench.tasks.video import VideoClassificationTask
 from mubench.tasks.vision_language import VisualReasoningTask
 
 TASK_TYPES = [ImageClassificationTask, TextClassificationTask, RelationClassificationTask, VisualReasoningTask,
-              AudioClassificationTask, VideoClassificationTask, Seq2SeqGenerationTask, CausalGenerationTask, TextToImageTask]
+              AudioClassificationTask, VideoClassificationTask, Seq2SeqGenerationTask, CausalGenerationTask, TextToImageTask,
+              TabularClassificationTask]
 
 
 @hookimpl
@@ -36,7 +38,7 @@ def mubench_task_types():
 @hookimpl
 def mubench_dataset_loaders():
     return {"sklearn_digits": load_digits, "ddi2013_xml": load_ddi_xml, "nlvr2_release": load_nlvr2_release,
-            "biofact_people": load_people}
+            "biofact_people": load_people, "sklearn_tabular": load_sklearn_table}
 
 
 @hookimpl
@@ -46,5 +48,5 @@ def mubench_dataset_adapters():
 
 @hookimpl
 def mubench_architectures():
-    return {"small_cnn": small_cnn, "resnet18": resnet18, "tiny_vit": tiny_vit, "transformers": Pretrained(),
+    return {"small_cnn": small_cnn, "mlp": mlp, "resnet18": resnet18, "tiny_vit": tiny_vit, "transformers": Pretrained(),
             "stable_diffusion": StableDiffusion()}

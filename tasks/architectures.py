@@ -45,3 +45,14 @@ def tiny_vit(task, embed_dims: list | None = None, depths: list | None = None, n
                    embed_dims=tuple(embed_dims or (64, 128, 160, 320)), depths=tuple(depths or (2, 2, 6, 2)),
                    num_heads=tuple(num_heads or (2, 4, 5, 10)), window_sizes=tuple(window_sizes or (7, 7, 14, 7)),
                    drop_path_rate=drop_path_rate)
+
+
+def mlp(task, hidden: list | None = None, dropout: float = 0.0) -> nn.Module:
+    """A multilayer perceptron over feature vectors: ``hidden`` widths (default [64, 64]), each a Linear layer, ReLU and
+    ``dropout``, then a Linear head to ``num_labels``."""
+    kwargs = task.model_kwargs()
+    layers, width = [], kwargs["in_features"]
+    for size in hidden if hidden is not None else [64, 64]:
+        layers += [nn.Linear(width, size), nn.ReLU()] + ([nn.Dropout(dropout)] if dropout else [])
+        width = size
+    return nn.Sequential(*layers, nn.Linear(width, kwargs["num_labels"]))

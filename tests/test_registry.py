@@ -99,7 +99,7 @@ def mubench_methods():
 '''
 
 WINE_CARD = {
-    "task": "wine", "modality": "tabular", "task_type": "vector_classification",
+    "task": "demo_wine", "modality": "tabular", "task_type": "vector_classification",
     "dataset": {"loader": "sklearn_wine", "columns": {"features": "features", "label": "label"}},
     "models": {"mlp": {"architecture": "wine_mlp", "params": {"hidden": 32}, "original": "train"}},
     "metrics": ["acc"], "deletion": {"ratios": [0.05, 0.1], "default_ratio": 0.1, "split_seed": 0},
@@ -150,14 +150,14 @@ def test_builtins_are_plugins(registry):
 
 def test_third_party_plugin_is_listed(demo_plugin, cli):
     tasks, methods = cli("list", "tasks"), cli("list", "methods")
-    assert tasks.returncode == 0 and "wine" in tasks.stdout and "digits" in tasks.stdout
+    assert tasks.returncode == 0 and "demo_wine" in tasks.stdout and "digits" in tasks.stdout
     assert methods.returncode == 0 and "demo_noise" in methods.stdout
 
 
 def test_third_party_task_runs_with_a_builtin_method(demo_plugin, cli, tmp_path):
-    done = cli("run", "--task", "wine", "--method", "salun", "--output-path", tmp_path)
+    done = cli("run", "--task", "demo_wine", "--method", "salun", "--output-path", tmp_path)
     assert done.returncode == 0, done.stderr
-    [path] = tmp_path.glob("wine__mlp__salun__*.json")
+    [path] = tmp_path.glob("demo_wine__mlp__salun__*.json")
     result = load_result(path)
     validate_result(result, path, Registry())
     assert result["split"]["n_forget"] == round(0.1 * result["split"]["n_train"])
