@@ -161,13 +161,19 @@ def test_third_party_task_runs_with_a_builtin_method(demo_plugin, cli, tmp_path)
     result = load_result(path)
     validate_result(result, path, Registry())
     assert result["split"]["n_forget"] == round(0.1 * result["split"]["n_train"])
+    demo = {"plugin": "demo", "package": "mubench-demo-plugin", "version": "0.0.1"}
+    assert result["plugins"]["task"] == result["plugins"]["task_type"] == demo
+    assert result["plugins"]["method"]["plugin"] == "methods" and result["plugins"]["method"]["package"] == "mubench"
 
 
 def test_third_party_method_runs_on_a_builtin_task(demo_plugin, cli, tmp_path):
     done = cli("run", "--task", "digits", "--method", "demo_noise", "--method-args", "sigma=0.1", "--output-path", tmp_path)
     assert done.returncode == 0, done.stderr
     [path] = tmp_path.glob("digits__cnn__demo_noise__*.json")
-    assert load_result(path)["config"]["method_args"]["sigma"] == 0.1
+    result = load_result(path)
+    assert result["config"]["method_args"]["sigma"] == 0.1
+    assert result["plugins"]["method"] == {"plugin": "demo", "package": "mubench-demo-plugin", "version": "0.0.1"}
+    assert result["plugins"]["task"]["package"] == "mubench"
 
 
 def test_include_path_adds_cards(tmp_path, cli):
@@ -180,7 +186,8 @@ def test_include_path_adds_cards(tmp_path, cli):
     done = cli("run", "--task", "digits_quick", "--method", "neggrad", "--include-path", tmp_path / "cards",
                "--output-path", tmp_path / "out")
     assert done.returncode == 0, done.stderr
-    assert json.loads(next((tmp_path / "out").glob("*.json")).read_text())["task"] == "digits_quick"
+    result = json.loads(next((tmp_path / "out").glob("*.json")).read_text())
+    assert result["task"] == "digits_quick" and result["plugins"]["task"] == {"include_path": str((tmp_path / "cards").resolve())}
 
 
 def test_a_name_given_by_two_plugins_is_refused_where_it_is_used(caplog):

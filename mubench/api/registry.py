@@ -39,10 +39,13 @@ class Registry:
     def __init__(self, include_paths=(), plugins=()):
         self.plugins = pluggy.PluginManager(PROJECT)
         self.plugins.add_hookspecs(hookspecs)
+        self.packages: dict[str, dict] = {}  # plugin name -> the package (name and version) that installed it
         for entry in entry_points(group=PROJECT):
             source = f"plugin '{entry.name}'" + (f" (package {entry.dist.name})" if entry.dist else "")
             try:
                 self.plugins.register(entry.load(), name=entry.name)
+                if entry.dist is not None:
+                    self.packages[entry.name] = {"package": entry.dist.name, "version": entry.dist.version}
             except Exception as e:  # noqa: BLE001 - any failure of third-party code leaves that plugin out
                 log.warning("%s failed to load and is left out: %s", source, one_line(e))
         for plugin in plugins:
@@ -52,6 +55,7 @@ class Registry:
             if not path.is_dir():
                 raise UserError(f"--include-path {path}: no such folder")
         self.clashes: dict[str, str] = {}  # "<kind> '<name>'" -> the two sources that both give it
+        self.owners: dict[tuple[str, str], str] = {}  # (kind, name) -> the plugin that gives it
 
     def _answers(self, hook: str):
         """Each plugin's answer to ``hook``, as (plugin name, answer); a plugin whose hook raises is left out."""
@@ -91,6 +95,7 @@ class Registry:
                                 plugin)
                     continue
                 merged[name], owner[name] = value, plugin
+        self.owners.update({(kind, name): plugin for name, plugin in owner.items() if name in merged})
         return merged
 
     def _get(self, kind: str, name: str, known: dict, what: str | None = None):
@@ -135,9 +140,26 @@ class Registry:
         return self._collect("mubench_architectures", "architecture")
 
     @cached_property
+    def plugin_card_folders(self) -> dict[Path, str]:
+        """Each plugin's card folders, and the plugin that gives each."""
+        return {Path(d): plugin for plugin, dirs in self._answers("mubench_task_card_dirs") for d in dirs}
+
+    @cached_property
     def card_folders(self) -> list[Path]:
         """The plugins' card folders and the include paths: where cards are found, and where ``include:`` may reach."""
-        return [Path(d) for _, dirs in self._answers("mubench_task_card_dirs") for d in dirs] + self.include_paths
+        return list(self.plugin_card_folders) + self.include_paths
+
+    def provider(self, kind: str, name: str) -> dict:
+        """Where a registered ``kind`` (``task``, ``task type``, ``method``, …) named ``name`` comes from: its plugin and
+        the package (name and version) that installed it; a card found under ``--include-path`` names that folder."""
+        if kind == "task":
+            path = self.card_paths[name].resolve()
+            for folder, plugin in self.plugin_card_folders.items():
+                if path.is_relative_to(Path(folder).resolve()):
+                    return {"plugin": plugin} | self.packages.get(plugin, {})
+            return {"include_path": str(path.parent)}
+        plugin = self.owners[(kind, name)]
+        return {"plugin": plugin} | self.packages.get(plugin, {})
 
     @cached_property
     def card_paths(self) -> dict[str, Path]:
