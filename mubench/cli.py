@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import logging
 import re
+import signal
 import sys
 from pathlib import Path
 
@@ -55,10 +56,34 @@ def ratio(text: str) -> float:
     return value
 
 
+def verbosity(parser, default) -> None:
+    """``-q`` and ``-v``, accepted before the subcommand and after it (where ``default`` is SUPPRESS, so that a flag
+    given before it stands)."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("-q", "--quiet", action="store_const", dest="verbosity", const="quiet", default=default,
+                       help="log warnings only")
+    group.add_argument("-v", "--verbose", action="store_const", dest="verbosity", const="verbose", default=default,
+                       help="log details too (where each plugin comes from, cache keys)")
+
+
+class SubParser(Parser):
+    """A subcommand's parser: it takes ``-q``/``-v`` too."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        verbosity(self, argparse.SUPPRESS)
+
+
 def build_parser() -> Parser:
-    parser = Parser(prog="mubench", description="Benchmark machine unlearning methods (MU-Bench).")
-    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    from mubench import __version__
+
+    parser = Parser(prog="mubench", description="Benchmark machine unlearning methods (MU-Bench).",
+                    epilog="Exit codes: 0 done; 1 a check found problems (data) or sweep cells failed; 2 a user error "
+                           "(a name, an argument, a card, a result that does not validate); 130 interrupted (Ctrl-C); "
+                           "143 terminated (SIGTERM). A failed or stopped run writes no result.")
+    parser.add_argument("--version", action="version", version=f"mubench {__version__}")
+    verbosity(parser, "normal")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=SubParser)
 
     def common(p):
         p.add_argument("--include-path", action="append", default=[], metavar="DIR", help="extra folder of task cards")
@@ -476,18 +501,33 @@ COMMANDS = {"run": cmd_run, "tune": cmd_tune, "ulira": cmd_ulira, "train": cmd_t
             "sweep": cmd_sweep, "leaderboard": cmd_leaderboard}
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is, so that it unwinds as an interrupt does (no result written)."""
+
+
+def terminate(signum, frame):
+    raise Terminated
+
+
+LEVELS = {"quiet": logging.WARNING, "normal": logging.INFO, "verbose": logging.DEBUG}
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s mubench: %(message)s", datefmt="%H:%M:%S"))
     log.addHandler(handler)  # mubench's own messages; libraries keep their own logging
     log.propagate = False  # a library that configures the root logger (absl, via rouge-score) must not print them twice
-    log.setLevel(logging.WARNING if args.quiet else logging.INFO)
+    log.setLevel(LEVELS[args.verbosity])
+    signal.signal(signal.SIGTERM, terminate)
     try:
         return COMMANDS[args.command](args)
     except UserError as e:
         print(f"mubench: error: {e}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("mubench: terminated; no result written", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("mubench: interrupted; no result written", file=sys.stderr)
         return 130

@@ -102,7 +102,8 @@ def test_validate_reports_bad_files(cli, tmp_path):
     assert "'schema_version' is a required property" in done.stderr and "not valid JSON" in done.stderr
 
 
-def test_interrupted_run_leaves_no_result(tmp_path, mubench_home):
+@pytest.mark.parametrize(("sent", "code", "said"), [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
+def test_interrupted_run_leaves_no_result(tmp_path, mubench_home, sent, code, said):
     out = tmp_path / "out"
     process = subprocess.Popen([sys.executable, "-m", "mubench", "run", "--task", "digits", "--method", "retrain",
                                 "--output-path", str(out)], stderr=subprocess.PIPE, text=True, env=os.environ.copy())
@@ -110,11 +111,26 @@ def test_interrupted_run_leaves_no_result(tmp_path, mubench_home):
         if "unlearning: retrain" in line:
             break
     time.sleep(0.5)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(sent)
     rest = process.stderr.read()
-    assert process.wait(timeout=600) == 130
-    assert "interrupted; no result written" in rest and "Traceback" not in rest
+    assert process.wait(timeout=600) == code
+    assert rest.strip().splitlines()[-1] == f"mubench: {said}; no result written" and "Traceback" not in rest
     assert list(out.iterdir()) == []
+
+
+def test_version_and_verbosity_after_the_subcommand(cli):
+    from mubench import __version__
+
+    shown = cli("--version")
+    assert shown.returncode == 0 and shown.stdout.strip() == f"mubench {__version__}"
+    quiet = cli("list", "metrics", "-q")
+    assert quiet.returncode == 0 and "acc" in quiet.stdout
+    for flags in (["-v", "list", "methods"], ["list", "methods", "-v"]):
+        loud = cli(*flags)
+        assert loud.returncode == 0 and "plugin 'methods'" in loud.stderr, flags  # -v logs where each plugin comes from
+    assert "plugin 'methods'" not in cli("list", "methods").stderr
+    both = cli("list", "methods", "-q", "-v")
+    assert both.returncode == 2 and both.stderr.count("\n") == 1 and "not allowed with" in both.stderr
 
 
 def test_parse_method_args():

@@ -46,6 +46,7 @@ class Registry:
                 self.plugins.register(entry.load(), name=entry.name)
                 if entry.dist is not None:
                     self.packages[entry.name] = {"package": entry.dist.name, "version": entry.dist.version}
+                log.debug("%s %s registered from %s", source, entry.dist.version if entry.dist else "", entry.value)
             except Exception as e:  # noqa: BLE001 - any failure of third-party code leaves that plugin out
                 log.warning("%s failed to load and is left out: %s", source, one_line(e))
         for plugin in plugins:
