@@ -413,25 +413,37 @@ def cmd_data(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    from mubench.api.card import load_card
     from mubench.api.registry import Registry
     from mubench.recheck import recheck
 
-    registry, drawn = None, {}
+    registry, drawn = Registry(args.include_path), {}
     failed = 0
     for path in args.files:
         try:
             if path.suffix in (".yaml", ".yml"):
-                card = load_card(path, roots=args.include_path)
-                print(f"{path}: ok (task card '{card.name}')")
+                name, problems = card_problems(path, registry)
+                for problem in problems:
+                    print(f"mubench: invalid: {problem}", file=sys.stderr)
+                if problems:
+                    failed += 1
+                    continue
+                print(f"{path}: ok (task card '{name}')")
             else:
-                registry = registry or Registry(args.include_path)
                 skipped = recheck(path, registry, read_data=not args.no_data, data_dir=args.data_dir, drawn=drawn)
                 print(f"{path}: ok (result" + (f"; not re-checked: {skipped})" if skipped else ")"))
         except UserError as e:
             print(f"mubench: invalid: {e}", file=sys.stderr)
             failed += 1
     return 2 if failed else 0
+
+
+def card_problems(path: Path, registry) -> tuple[str, list[str]]:
+    """The task name of the card at ``path`` and every problem it has: its YAML and includes (the first, raised), else
+    its structure, else what the plugins see."""
+    from mubench.api.card import TaskCard, resolve_includes, structure_problems
+
+    data = resolve_includes(path, roots=registry.card_folders)
+    return data.get("task"), structure_problems(data, path) or registry.card_problems(TaskCard(path, data))
 
 
 def cmd_sweep(args) -> int:

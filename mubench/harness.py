@@ -101,7 +101,7 @@ class Prepared:
     def __init__(self, registry: Registry, task_name: str, model_name: str | None, ratio: float | None,
                  data_dir: Path | None = None, original: str | None = None, split_seed: int | None = None,
                  original_seed: int | None = None, validation: float | None = None):
-        card = registry.card(task_name)
+        card = registry.checked_card(task_name)
         name, spec = card.model(model_name)
         if original is not None:  # --original: `train`, a checkpoint or a hub id instead of the card's
             spec = spec | {"original": original}

@@ -137,3 +137,50 @@ def test_a_card_in_an_include_path_may_extend_a_builtin_card(tmp_path):
     assert card.data["deletion"]["mode"] == "classes" and card.data["train"]["epochs"] == 3
     with pytest.raises(UserError, match="lies outside the card's folder"):
         load_card(tmp_path / "mine.yaml")  # without the registry's card folders
+
+
+STRICT_CARD = """include: {base}
+task: digits_strict
+train: {{epochs: "thirty", lr: -1}}
+models:
+  cnn: {{architecture: small_cnn, params: {{width: "wide", depth: 3}}, original: train}}
+methods:
+  scrub: {{msteps: "five", nonsense: 1}}
+  nomethod: {{lr: 0.1}}
+metrics: [acc, accc]
+"""
+
+
+def test_validate_lists_every_problem_of_a_card_and_run_refuses_it_in_one_line(cli, tmp_path):
+    card = tmp_path / "strict.yaml"
+    card.write_text(STRICT_CARD.format(base=Path(__file__).resolve().parents[1] / "tasks" / "digits" / "digits.yaml"))
+    checked = cli("validate", card, "--include-path", tmp_path, "--include-path", Path(__file__).resolve().parents[1] / "tasks")
+    lines = checked.stderr.strip().splitlines()
+    assert checked.returncode == 2 and checked.stdout == ""
+    keys = ["train.epochs", "train.lr"]  # the card's structure comes first; what the plugins see waits until it is sound
+    assert [line.split("key '")[1].split("'")[0] for line in lines] == keys
+    assert "'thirty' is not of type 'integer'" in lines[0]
+    card.write_text(card.read_text().replace('{epochs: "thirty", lr: -1}', "{epochs: 3}"))
+    checked = cli("validate", card, "--include-path", tmp_path, "--include-path", Path(__file__).resolve().parents[1] / "tasks")
+    lines = checked.stderr.strip().splitlines()
+    assert checked.returncode == 2
+    assert [line.split("key '")[1].split("'")[0] for line in lines] == [
+        "models.cnn.params.width", "models.cnn.params.depth", "metrics[1]", "methods.scrub.msteps", "methods.scrub.nonsense",
+        "methods.nomethod"]
+    assert "expected int (as its default 32), got 'wide'" in lines[0] and "Did you mean 'acc'?" in lines[2]
+    done = cli("run", "--task", "digits_strict", "--method", "neggrad", "--include-path", tmp_path, "--output-path", tmp_path / "out")
+    [line] = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and "key 'models.cnn.params.width'" in line and "and 5 more" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_architecture_parameters_are_checked_by_default_and_annotation():
+    from mubench.api.registry import argument_problems
+    from mubench.tasks.architectures import tiny_vit
+    from mubench.tasks.pretrained import Pretrained
+
+    assert argument_problems(tiny_vit, {"embed_dims": [8, 16], "drop_path_rate": 0, "depths": None}) == []
+    [(key, problem)] = argument_problems(tiny_vit, {"embed_dims": "wide"})
+    assert key == "embed_dims" and "expected list | None" in problem
+    assert argument_problems(tiny_vit, {"drop_path_rate": True}) == [("drop_path_rate", "expected float (as its default 0.1), got True")]
+    assert argument_problems(Pretrained(), {"pretrained": "x", "hidden_dropout_prob": 0.2}) == []  # **params: any config key

@@ -181,25 +181,37 @@ class TaskCard:
         return TaskCard(self.path, merge(self.data, overrides)) if overrides else self
 
 
+def structure_problems(data: dict, source) -> list[str]:
+    """Every problem of a merged card's mapping that needs no plugin to see: its schema, then what the schema cannot
+    say (one source of data, a default model and ratio among the card's own); one line each, naming ``source`` and the key."""
+    errors = sorted(validator("task_card").iter_errors(data), key=lambda e: [str(p) for p in e.absolute_path])
+    problems = [f"{source}: {key_path(error.absolute_path)}: {error.message}" for error in errors]
+    dataset, deletion = data.get("dataset"), data.get("deletion")
+    if isinstance(dataset, dict):
+        if "loader" in dataset and "path" in dataset:
+            problems.append(f"{source}: key 'dataset': expected one of 'loader' (a registered source) "
+                            f"or 'path' (Hugging Face datasets), not both")
+        if not {"loader", "path", "download"} & set(dataset):
+            problems.append(f"{source}: key 'dataset': expected 'loader', 'path', or 'download' (how to get data that no hub serves)")
+    models = data.get("models")
+    if "default_model" in data and isinstance(models, dict) and data["default_model"] not in models:
+        problems.append(f"{source}: key 'default_model': expected one of the card's models "
+                        f"({', '.join(models)}), got '{data['default_model']}'")
+    if isinstance(deletion, dict) and "default_ratio" in deletion and deletion["default_ratio"] not in (deletion.get("ratios") or []):
+        problems.append(f"{source}: key 'deletion.default_ratio': expected one of deletion.ratios, got {deletion['default_ratio']}")
+    return problems
+
+
 def load_card(path: str | Path, roots=()) -> TaskCard:
-    """Read, merge and validate a task card; any problem is one line naming file and key.
+    """Read, merge and validate a task card; any problem is one line naming file and key (the first, where there
+    are several: :func:`structure_problems` lists them all).
 
     ``roots`` are the folders (the user's include paths, the plugins' card folders)
     under which ``include:`` may reach besides the card's own folder.
     """
     path = Path(path)
     data = resolve_includes(path, roots)
-    schema_errors(data, "task_card", path)
-    dataset = data["dataset"]
-    if "loader" in dataset and "path" in dataset:
-        raise UserError(f"{path}: key 'dataset': expected one of 'loader' (a registered source) "
-                        f"or 'path' (Hugging Face datasets), not both")
-    if not {"loader", "path", "download"} & set(dataset):
-        raise UserError(f"{path}: key 'dataset': expected 'loader', 'path', or 'download' (how to get data that no hub serves)")
-    if "default_model" in data and data["default_model"] not in data["models"]:
-        raise UserError(f"{path}: key 'default_model': expected one of the card's models "
-                        f"({', '.join(data['models'])}), got '{data['default_model']}'")
-    deletion = data["deletion"]
-    if "default_ratio" in deletion and deletion["default_ratio"] not in deletion["ratios"]:
-        raise UserError(f"{path}: key 'deletion.default_ratio': expected one of deletion.ratios, got {deletion['default_ratio']}")
+    problems = structure_problems(data, path)
+    if problems:
+        raise UserError(problems[0])
     return TaskCard(path=path, data=data)

@@ -9,17 +9,19 @@ where it is used, naming both sources. The rest of mubench keeps working.
 """
 from __future__ import annotations
 
+import inspect
 import logging
 import re
 from functools import cached_property
 from importlib.metadata import entry_points
 from pathlib import Path
 
+import jsonschema
 import pluggy
 
 from mubench import hookspecs
 from mubench.api.card import TaskCard, load_card, read_yaml
-from mubench.errors import UserError, unknown_name
+from mubench.errors import UserError, key_path, unknown_name
 
 PROJECT = "mubench"
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # a name that can be part of a file name (results, caches)
@@ -31,6 +33,49 @@ def one_line(error: BaseException) -> str:
     """``Type: first line of the message``, for a warning about someone else's code."""
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+TYPES = {"int": int, "float": float, "str": str, "bool": bool, "list": list, "dict": dict, "tuple": list}
+
+
+def type_problem(value, default) -> str | None:
+    """Why ``value`` cannot stand where ``default`` is the default (an int may stand for a float), or None."""
+    expected = type(default)
+    if default is None or isinstance(value, expected) and not (expected is int and isinstance(value, bool)):
+        return None
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return None
+    return f"expected {expected.__name__} (as its default {default!r}), got {value!r}"
+
+
+def argument_problems(builder, params: dict) -> list[tuple[str, str]]:
+    """``(key, problem)`` for each of a card's ``params`` that ``builder`` (an architecture: ``(task, **params)``)
+    does not take, or takes with another type: read from its signature's defaults, or its annotations where the
+    default is None. A builder that takes ``**params`` accepts any other key."""
+    try:
+        parameters = list(inspect.signature(builder).parameters.values())[1:]
+    except (TypeError, ValueError):
+        return []
+    named = {p.name: p for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    open_ended = any(p.kind is p.VAR_KEYWORD for p in parameters)
+    problems = []
+    for key, value in params.items():
+        if key not in named:
+            if not open_ended:
+                problems.append((key, f"not a parameter of this architecture (it takes: {', '.join(named) or 'none'})"))
+            continue
+        default, annotation = named[key].default, named[key].annotation
+        if default is not inspect.Parameter.empty and default is not None:
+            problem = type_problem(value, default)
+        elif isinstance(annotation, str) and value is not None:
+            allowed = [TYPES[word] for word in re.findall(r"[a-z]+", annotation) if word in TYPES]
+            problem = None if not allowed or any(type_problem(value, kind()) is None for kind in allowed) else \
+                f"expected {annotation}, got {value!r}"
+        else:
+            problem = None
+        if problem:
+            problems.append((key, problem))
+    return problems
 
 
 class Registry:
@@ -191,6 +236,56 @@ class Registry:
 
     def card(self, name: str) -> TaskCard:
         return load_card(self._get("task", name, self.card_paths), roots=self.card_folders)
+
+    def card_problems(self, card: TaskCard) -> list[str]:
+        """Every problem of a card that only the plugins can see, one line each: a task type, architecture, loader,
+        adapter, metric or method that is not registered; ``dataset.options`` against the loader's ``options_schema``;
+        ``models.<family>.params`` against the architecture's signature; ``methods.<name>`` against the method's
+        hyperparameters."""
+        data, source = card.data, card.path
+        problems = []
+
+        def known(kind: str, key: str, name: str, registered: dict) -> bool:
+            if name in registered:
+                return True
+            problems.append(f"{source}: key '{key}': {unknown_name(kind, name, registered)}")
+            return False
+
+        known("task type", "task_type", card.task_type, self.task_types)
+        dataset = card.dataset
+        if "loader" in dataset and known("dataset loader", "dataset.loader", dataset["loader"], self.dataset_loaders):
+            schema = getattr(self.dataset_loaders[dataset["loader"]], "options_schema", None)
+            if schema is not None:
+                for error in jsonschema.Draft202012Validator(schema).iter_errors(dataset.get("options", {})):
+                    problems.append(f"{source}: {key_path(['dataset', 'options', *error.absolute_path])}: {error.message}")
+        if "adapter" in dataset:
+            known("dataset adapter", "dataset.adapter", dataset["adapter"], self.dataset_adapters)
+        for family, spec in card.models.items():
+            if known("architecture", f"models.{family}.architecture", spec["architecture"], self.architectures):
+                problems += [f"{source}: key 'models.{family}.params.{key}': {problem}"
+                             for key, problem in argument_problems(self.architectures[spec["architecture"]], spec.get("params", {}))]
+        for position, name in enumerate(data["metrics"]):
+            known("metric", f"metrics[{position}]", name, self.metrics)
+        for name, overrides in data.get("methods", {}).items():
+            if known("method", f"methods.{name}", name, self.methods):
+                defaults = self.methods[name].defaults
+                for key, value in overrides.items():
+                    if key not in defaults:
+                        unknown = unknown_name(f"argument of method '{name}'", key, defaults)
+                        problems.append(f"{source}: key 'methods.{name}.{key}': {unknown}")
+                    elif (expected := type_problem(value, defaults[key])) is not None:
+                        problems.append(f"{source}: key 'methods.{name}.{key}': {expected}")
+        return problems
+
+    def checked_card(self, name: str) -> TaskCard:
+        """The card of task ``name``, refused in one line (its first problem) if it has any problem
+        :meth:`card_problems` finds."""
+        card = self.card(name)
+        problems = self.card_problems(card)
+        if problems:
+            raise UserError(problems[0] + (f" (and {len(problems) - 1} more: `mubench validate {card.path}` lists them)"
+                                           if len(problems) > 1 else ""))
+        return card
 
     def method(self, name: str):
         return self._get("method", name, self.methods)
