@@ -39,3 +39,10 @@ def load_digits(spec: dict):
         name: datasets.Dataset.from_dict({"image": images[idx], "label": labels[idx]}, features=features)
         for name, idx in (("train", train), ("test", test))
     })
+
+
+load_digits.options_schema = {
+    "type": "object", "additionalProperties": False,
+    "properties": {"test_size": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1}, "seed": {"type": "integer"},
+                   "train_size": {"type": "integer", "minimum": 1}, "label_noise": {"type": "number", "minimum": 0, "maximum": 1}},
+}
