@@ -1,5 +1,5 @@
 """The ``mubench`` command: ``run``, ``tune``, ``ulira``, ``sweep``, ``leaderboard``, ``train``, ``list``, ``data``,
-``validate`` and ``verify``.
+``validate``, ``verify`` and ``new``.
 
 Errors in what the user gave (a name, an argument, a card, a result, a cache entry
 that fails verification) are one line on stderr and exit code 2; nothing is
@@ -204,6 +204,13 @@ def build_parser() -> Parser:
     sweep.add_argument("--include-path", dest="include_paths", action="append", metavar="DIR", help="extra folder of task cards")
     sweep.add_argument("--data-dir", help="a local copy of the tasks' dataset")
     sweep.add_argument("--leaderboard", metavar="DIR", help="after the run, build the leaderboard of the output folder into DIR")
+
+    new = sub.add_parser("new", help="write a plugin package (a task or a method) that installs and runs as written",
+                         description="Writes mubench-<name>/ with a pyproject (the entry point), the plugin module, a test and a "
+                                     "README; a task also gets a card and a loader. Install it with pip install -e and edit.")
+    new.add_argument("kind", choices=["task", "method"])
+    new.add_argument("name", help="lower-case letters, digits and _ (it names the Python package mubench_<name>)")
+    new.add_argument("--dir", type=Path, default=Path("."), metavar="DIR", help="where the package folder goes (default: here)")
 
     board = sub.add_parser("leaderboard", help="aggregate result files into a ranked leaderboard (JSON and a static page)")
     board.add_argument("folders", nargs="+", type=Path, metavar="DIR", help="folders of result files (searched recursively)")
@@ -495,6 +502,14 @@ def cmd_leaderboard(args) -> int:
     return 0
 
 
+def cmd_new(args) -> int:
+    from mubench.scaffold import write_plugin
+
+    root = write_plugin(args.kind, args.name, args.dir)
+    print(f"wrote {root}\nnext: pip install -e '{root}[test]' && pytest {root}")
+    return 0
+
+
 def cmd_verify(args) -> int:
     from mubench.api.registry import Registry
     from mubench.recheck import verify
@@ -510,7 +525,7 @@ def cmd_verify(args) -> int:
 
 COMMANDS = {"run": cmd_run, "tune": cmd_tune, "ulira": cmd_ulira, "train": cmd_train,
             "list": cmd_list, "data": cmd_data, "validate": cmd_validate, "verify": cmd_verify,
-            "sweep": cmd_sweep, "leaderboard": cmd_leaderboard}
+            "sweep": cmd_sweep, "leaderboard": cmd_leaderboard, "new": cmd_new}
 
 
 class Terminated(KeyboardInterrupt):
