@@ -300,11 +300,12 @@ def cmd_run(args) -> int:
     results = []
     for original_seed in args.original_seeds or [args.original_seed]:
         for seed in args.seeds or [args.seed]:
+            existing = set(args.output_path.glob("*.json")) if args.output_path.is_dir() else set()
             result, path = run(dataclasses.replace(config, seed=seed, original_seed=original_seed), registry)
             results.append(result)
             if not several:
                 print(summary_table(result))
-            print(f"result: {path}")
+            print(f"result: {path}" + (" (replaced an earlier result of the same configuration)" if path in existing else ""))
     if several:
         print(seeds_table(results))
     return 0

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import json
 import logging
 import math
 import random
@@ -32,6 +33,7 @@ from mubench.results import (
     environment,
     finite,
     given,
+    lora_tag,
     method_info,
     reference_block,
     result_filename,
@@ -324,8 +326,10 @@ def planned_filename(plan: Plan) -> str:
     a class-wise task's data must be loaded (its classes are drawn from it)."""
     prepared = plan.prepared
     classes = [prepared.task.label_names[i] for i in prepared.classes] if prepared.classwise else None
+    lora = plan.config.lora
     return cell_filename(prepared.card.name, prepared.family.name, plan.method_cls.name, prepared.ratio, plan.seed, classes,
-                         plan.config.split_seed, plan.config.original_seed, given(plan.args, plan.sources))
+                         plan.config.split_seed, plan.config.original_seed, given(plan.args, plan.sources),
+                         lora and lora_tag(lora.rank, lora.fraction, lora.alpha), plan.budget_setting)
 
 
 def read_tuned(path: Path, method: str) -> dict:
@@ -472,8 +476,25 @@ def emit(plan: Plan, result: dict, model: torch.nn.Module, samples: dict) -> tup
             safetensors.torch.save_model(model, str(tmp))
         result["model_info"]["unlearned_weights"] = {"file": weights.name, "sha256": sha256_file(weights)}
     validate_result(result, "result", plan.prepared.registry, plan.prepared.task)
+    replaces_same_configuration(path, result)
     write_json(path, result)
     return result, path
+
+
+def replaces_same_configuration(path: Path, result: dict) -> None:
+    """Refuse to write over a result of another configuration: one whose ``config`` or task card differs in what the
+    file name does not say (device, precision, the arguments a card gives). A rerun of the same configuration replaces
+    the file; a file that is not a readable result is replaced too."""
+    try:
+        earlier = json.loads(path.read_text())
+        differs = sorted(f"config.{key}" for key in result["config"].keys() | earlier["config"].keys()
+                         if result["config"].get(key) != earlier["config"].get(key))
+        differs += ["task_card"] if earlier["task_card"] != result["task_card"] else []
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return
+    if differs:
+        raise UserError(f"{path} holds a result of another configuration (it differs in {', '.join(differs)}); "
+                        f"choose another --output-path or remove the file")
 
 
 def save_samples(samples: dict, folder: Path) -> list[dict]:

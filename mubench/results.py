@@ -23,13 +23,25 @@ PACKAGES = ("torch", "transformers", "datasets", "numpy", "scikit-learn", "safet
 
 
 def result_filename(result: dict) -> str:
-    """``<task>__<model>__<method>__df<percent>__seed<seed>.json`` (with ``__split<N>``, ``__orig<N>`` for
-    ``--split-seed``, ``--original-seed``, and ``__args<hash>`` for method arguments given on the command line or
-    by a sweep); a rerun of the same configuration replaces its file."""
+    """``<task>__<model>__<method>__df<percent>__seed<seed>.json``, with ``__split<N>`` and ``__orig<N>`` for
+    ``--split-seed`` and ``--original-seed``, ``__args<hash>`` for method arguments given on the command line, by a
+    sweep or a tuned file, ``__lora-r<R>`` (or ``-f<F>``, and ``-a<A>`` for another alpha) for LoRA, and
+    ``__budget-<setting>`` for a time budget other than retraining's; a rerun of the same configuration replaces its
+    file."""
     config = result["config"]
+    peft = config.get("peft")
     return cell_filename(result["task"], result["model"], result["method"], config["deletion_ratio"], config["seed"],
                          result["split"].get("forget_classes"), config.get("split_seed"), config.get("original_seed"),
-                         given_args(result))
+                         given_args(result),
+                         peft and lora_tag(peft["rank"] if peft["requested_fraction"] is None else None,
+                                           peft["requested_fraction"], peft["alpha"]),
+                         config.get("time_budget", "retrain"))
+
+
+def lora_tag(rank: int | None, fraction: float | None, alpha: float | None) -> str:
+    """``lora-r8``, ``lora-f0.1`` or ``lora-r8-a16``: what a LoRA run's file name says of its adapters."""
+    size = f"f{fraction:g}" if fraction is not None else f"r{rank}"
+    return f"lora-{size}" + (f"-a{alpha:g}" if alpha is not None and alpha != rank and fraction is None else "")
 
 
 def given_args(result: dict) -> dict:
@@ -47,12 +59,17 @@ GIVEN = ("command line", "tuned")  # the sources of method arguments that make a
 
 
 def cell_filename(task: str, model: str, method: str, ratio: float, seed: int, classes: list | None = None,
-                  split_seed: int | None = None, original_seed: int | None = None, given_args: dict | None = None) -> str:
+                  split_seed: int | None = None, original_seed: int | None = None, given_args: dict | None = None,
+                  lora: str | None = None, time_budget: str | float = "retrain") -> str:
     """The result file name of one configuration (see :func:`result_filename`)."""
     deleted = f"classes-{'+'.join(classes)}" if classes else f"df{ratio * 100:g}"
     varied = "".join(f"__{tag}{value}" for tag, value in (("split", split_seed), ("orig", original_seed)) if value is not None)
     if given_args:
         varied += f"__args{hashlib.sha256(json.dumps(given_args, sort_keys=True).encode()).hexdigest()[:8]}"
+    if lora:
+        varied += f"__{lora}"
+    if time_budget != "retrain":
+        varied += f"__budget-{time_budget if isinstance(time_budget, str) else f'{time_budget:g}s'}"
     return f"{task}__{model}__{method}__{deleted}__seed{seed}{varied}.json"
 
 

@@ -139,3 +139,35 @@ def test_parse_method_args():
     assert parse_method_args("") == {}
     with pytest.raises(UserError):
         parse_method_args("=3")
+
+
+def test_file_names_say_what_makes_a_run_distinct_and_only_the_same_configuration_replaces_one(cli, tmp_path):
+    from mubench.results import cell_filename, lora_tag
+
+    base = ("digits", "cnn", "neggrad", 0.05, 42)
+    assert cell_filename(*base) == "digits__cnn__neggrad__df5__seed42.json"
+    assert cell_filename(*base, lora=lora_tag(8, None, 8)) == "digits__cnn__neggrad__df5__seed42__lora-r8.json"
+    assert cell_filename(*base, lora=lora_tag(8, None, 16)).endswith("__lora-r8-a16.json")
+    assert cell_filename(*base, lora=lora_tag(None, 0.1, None)).endswith("__lora-f0.1.json")
+    assert cell_filename(*base, time_budget="none").endswith("__budget-none.json")
+    assert cell_filename(*base, time_budget=30.0).endswith("__budget-30s.json")
+    assert cell_filename(*base, split_seed=0, original_seed=0).endswith("__split0__orig0.json")  # 0 is a seed too
+    card = yaml.safe_load((REPO / "tasks" / "digits" / "digits.yaml").read_text())
+    card.update(task="digits_quick", train={**card["train"], "epochs": 2})
+    (tmp_path / "cards").mkdir()
+    (tmp_path / "cards" / "quick.yaml").write_text(yaml.safe_dump(card))
+    run = ("run", "--task", "digits_quick", "--method", "neggrad", "--include-path", tmp_path / "cards", "--output-path", tmp_path)
+    first, again = cli(*run), cli(*run)
+    assert first.returncode == again.returncode == 0, again.stderr
+    assert "replaced" not in first.stdout and "(replaced an earlier result of the same configuration)" in again.stdout
+    lora = cli(*run, "--peft", "lora", "--lora-rank", "2")
+    assert lora.returncode == 0, lora.stderr
+    names = sorted(path.name for path in tmp_path.glob("*.json"))
+    assert names == ["digits_quick__cnn__neggrad__df5__seed42.json", "digits_quick__cnn__neggrad__df5__seed42__lora-r2.json"]
+    card["methods"]["neggrad"] = {"lr": 0.001}  # the card now gives the method another learning rate
+    (tmp_path / "cards" / "quick.yaml").write_text(yaml.safe_dump(card))
+    before = (tmp_path / names[0]).read_text()
+    refused = cli(*run)
+    [line] = refused.stderr.strip().splitlines()[-1:]
+    assert refused.returncode == 2 and "holds a result of another configuration" in line
+    assert "config.method_args" in line and "task_card" in line and (tmp_path / names[0]).read_text() == before
