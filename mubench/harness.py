@@ -33,6 +33,7 @@ from mubench.results import (
     environment,
     finite,
     given,
+    given_args,
     lora_tag,
     method_info,
     reference_block,
@@ -287,6 +288,13 @@ class Plan:
     evaluator: Evaluator
     tuned: dict | None = None  # what the result records of a --tuned file
 
+    @property
+    def reported_args(self) -> tuple[dict, dict]:
+        """The hyperparameters a result reports and their sources: those that have an effect (see
+        :meth:`~mubench.api.Method.unused_args`)."""
+        unused = self.method_cls.unused_args(self.args)
+        return ({k: v for k, v in self.args.items() if k not in unused}, {k: v for k, v in self.sources.items() if k not in unused})
+
 
 def resolve(config: RunConfig, registry: Registry, loaded: dict | None = None) -> Plan:
     """Stage 1: the card, model family, method, hyperparameters, device, seed and metrics; every user error here.
@@ -328,7 +336,7 @@ def planned_filename(plan: Plan) -> str:
     classes = [prepared.task.label_names[i] for i in prepared.classes] if prepared.classwise else None
     lora = plan.config.lora
     return cell_filename(prepared.card.name, prepared.family.name, plan.method_cls.name, prepared.ratio, plan.seed, classes,
-                         plan.config.split_seed, plan.config.original_seed, given(plan.args, plan.sources),
+                         plan.config.split_seed, plan.config.original_seed, given(*plan.reported_args),
                          lora and lora_tag(lora.rank, lora.fraction, lora.alpha), plan.budget_setting)
 
 
@@ -487,8 +495,10 @@ def replaces_same_configuration(path: Path, result: dict) -> None:
     the file; a file that is not a readable result is replaced too."""
     try:
         earlier = json.loads(path.read_text())
-        differs = sorted(f"config.{key}" for key in result["config"].keys() | earlier["config"].keys()
-                         if result["config"].get(key) != earlier["config"].get(key))
+        config, before = result["config"], earlier["config"]
+        differs = sorted(f"config.{key}" for key in (config.keys() | before.keys()) - {"method_args", "method_args_sources"}
+                         if config.get(key) != before.get(key))
+        differs += ["config.method_args"] if given_args(result) != given_args(earlier) else []
         differs += ["task_card"] if earlier["task_card"] != result["task_card"] else []
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return
@@ -556,8 +566,9 @@ def assemble(plan: Plan, original, before: dict, after: dict, report, budget: Bu
         "method": plan.method_cls.name,
         "model": prepared.family.name,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "config": {"deletion_ratio": prepared.ratio, "seed": plan.seed, "method_args": plan.args,
-                   "protocol": card.data.get("protocol", "mubench"), "method_args_sources": plan.sources, "device": plan.device.type,
+        "config": {"deletion_ratio": prepared.ratio, "seed": plan.seed, "method_args": plan.reported_args[0],
+                   "protocol": card.data.get("protocol", "mubench"), "method_args_sources": plan.reported_args[1],
+                   "device": plan.device.type,
                    "precision": plan.precision, "time_budget": plan.budget_setting, "peft": peft}
                   | {key: value for key in ("split_seed", "original_seed", "validation")
                      if (value := getattr(plan.config, key)) is not None}

@@ -296,7 +296,7 @@ def seeds_table(results: list[dict]) -> str:
 
     def cell(values):
         summary = mean_ci(values)
-        return f"{'n/a':>17}" if summary is None else f"{summary[0]:8.4f} ± {summary[1]:6.4f}"
+        return f"{'n/a':>17}" if summary is None else f"{number(summary[0], 8)} ± {number(summary[1], 6)}"
 
     for key in keys:
         if key == "unlearn_s":
@@ -310,31 +310,56 @@ def seeds_table(results: list[dict]) -> str:
             lines.append(f"{key:<{width}}  {'':>17}  " + cell([r["reference"][key] for r in results]))
         for key in first["reference"]["gap"]:
             lines.append(f"{'gap ' + key:<{width}}  {'':>17}  " + cell([r["reference"]["gap"].get(key) for r in results]))
+    for what in ("budget_exhausted", "diverged"):
+        count = sum(r["unlearning"][what] for r in results)
+        if count:
+            lines.append(f"{'budget: hit' if what == 'budget_exhausted' else 'diverged'} in {count} of {len(results)} runs")
     return "\n".join(lines)
 
 
+def number(value: float | None, width: int = 9) -> str:
+    """A metric for a table, right-aligned: four decimals below 10, two below 10,000, else a whole number with thousands
+    separators (the JSON keeps full precision); ``n/a`` for none."""
+    if value is None:
+        return f"{'n/a':>{width}}"
+    size = abs(value)
+    text = f"{value:.4f}" if size < 10 else f"{value:.2f}" if size < 1e4 else f"{value:,.0f}"
+    return f"{text:>{width}}"
+
+
 def summary_table(result: dict) -> str:
-    """A short table of the metrics of the original and the unlearned model."""
+    """A short table of the metrics of the original and the unlearned model, then how unlearning ended."""
     original, unlearned = result["results"]["original"], result["results"]["unlearned"]
     width = max(len(k) for k in original)
     lines = [f"{result['task']} / {result['model']} / {result['method']}  "
              f"(D_f {result['split']['n_forget']} of {result['split']['n_train']}, seed {result['config']['seed']})",
              f"{'metric':<{width}}  {'original':>9}  {'unlearned':>9}"]
     for key in original:
-        row = [original[key], unlearned.get(key)]
-        lines.append(f"{key:<{width}}  " + "  ".join("      n/a" if v is None else f"{v:9.4f}" for v in row) + direction(result, key))
-    times = result["times"]
-    lines.append(f"{'unlearn_s':<{width}}  {'':>9}  {times['unlearn_s']:9.2f}")
+        lines.append(f"{key:<{width}}  {number(original[key])}  {number(unlearned.get(key))}" + direction(result, key))
+    lines.append(f"{'unlearn_s':<{width}}  {'':>9}  {result['times']['unlearn_s']:9.2f}")
     reference = result.get("reference")
     if reference:
         metrics = reference["metrics"]
         lines.append("against the retrained model (retrain's value, gap):")
         for key, gap in reference["gap"].items():
-            lines.append(f"{key:<{width}}  {metrics[key]:9.4f}  {gap:9.4f}")
+            lines.append(f"{key:<{width}}  {number(metrics[key])}  {number(gap)}")
         for key in ("deep_unlearn_score", "efficiency"):
-            value = reference[key]
-            lines.append(f"{key:<{width}}  {'':>9}  " + ("      n/a" if value is None else f"{value:9.4f}"))
+            lines.append(f"{key:<{width}}  {'':>9}  {number(reference[key])}")
+    lines += ending(result)
     return "\n".join(lines)
+
+
+def ending(result: dict) -> list[str]:
+    """Lines on how unlearning stopped, where it did not simply run its epochs: the budget it hit, or divergence."""
+    done = result["unlearning"]
+    lines = []
+    if done["budget_exhausted"]:
+        limit = (f"{done['budget_examples']:,} examples (what retraining processes)" if done["budget_examples"] is not None
+                 else f"{done['budget_s']:g} s")
+        lines.append(f"budget: hit after {done['steps']:,} steps and {done['examples']:,} examples; the limit was {limit}")
+    if done["diverged"]:
+        lines.append("diverged: the loss became infinite or NaN; unlearning stopped there")
+    return lines
 
 
 def validate_ulira(result: dict, source) -> None:

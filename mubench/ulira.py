@@ -236,9 +236,9 @@ def assemble(plan: Plan, config: UliraConfig, outcomes: list[ShadowOutcome], sco
         "schema_version": SCHEMA_VERSION, "kind": "ulira", "mubench_version": __version__,
         "task": prepared.card.name, "method": plan.method_cls.name, "model": prepared.family.name,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "config": {"deletion_ratio": prepared.ratio, "seed": plan.seed, "shadows": config.shadows, "method_args": plan.args,
-                   "method_args_sources": plan.sources,
-                   "given_args": given(plan.args, plan.sources),
+        "config": {"deletion_ratio": prepared.ratio, "seed": plan.seed, "shadows": config.shadows, "method_args": plan.reported_args[0],
+                   "method_args_sources": plan.reported_args[1],
+                   "given_args": given(*plan.reported_args),
                    "protocol": prepared.card.data.get("protocol", "mubench"), "device": plan.device.type,
                    "precision": plan.precision, "time_budget": plan.budget_setting}
                   | ({"tuned": plan.tuned} if plan.tuned else {}),

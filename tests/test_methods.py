@@ -205,3 +205,19 @@ def test_the_retrain_budget_is_derived_from_the_card(registry):
     assert unlearning_budget(2.5, salun, card, 900).seconds == 2.5
     for unlimited in (unlearning_budget("none", salun, card, 900), unlearning_budget("retrain", retrain, card, 900)):
         assert unlimited.seconds is None and unlimited.examples is None
+
+
+def test_results_leave_out_hyperparameters_that_have_no_effect(run_digits, registry):
+    from mubench.api import Method
+
+    class Edit(Method):  # all its work in setup(): the optimiser's settings mean nothing
+        name, trains, defaults = "edit", False, Method.defaults | {"alpha": 1.0}
+
+    neggrad = registry.method("neggrad")
+    assert neggrad.unused_args(dict(neggrad.defaults, optimizer="adam")) == {"momentum"}
+    assert neggrad.unused_args(dict(neggrad.defaults, optimizer="sgd")) == set()
+    unused = Edit.unused_args(Edit.defaults)
+    assert {"lr", "optimizer", "momentum", "epochs"} <= unused and not {"alpha", "batch_size"} & unused
+    result, _ = run_digits("neggrad")  # digits unlearns with Adam
+    args, sources = result["config"]["method_args"], result["config"]["method_args_sources"]
+    assert "momentum" not in args and "momentum" not in sources and args["optimizer"] == "adam" and "lr" in args

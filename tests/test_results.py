@@ -228,3 +228,18 @@ def test_verify_refuses_edited_or_missing_weights(run_digits, registry, tmp_path
     write_json(tmp_path / "unsaved.json", result)
     with pytest.raises(UserError, match="has no saved weights to verify"):
         verify(tmp_path / "unsaved.json", registry)
+
+
+def test_the_summary_says_when_the_budget_stopped_a_run_and_numbers_are_rounded(run_digits):
+    from mubench.results import number, seeds_table, summary_table
+
+    stopped, _ = run_digits("finetune", method_args={"epochs": 40})  # 40 epochs over D_r: more than retraining's 30
+    done = stopped["unlearning"]
+    assert done["budget_exhausted"] and done["examples"] <= done["budget_examples"]
+    table = summary_table(stopped)
+    assert f"budget: hit after {done['steps']:,} steps and {done['examples']:,} examples; the limit was " \
+           f"{done['budget_examples']:,} examples (what retraining processes)" in table
+    assert "budget" not in summary_table(run_digits("neggrad")[0])
+    assert "budget: hit in 1 of 2 runs" in seeds_table([stopped, run_digits("finetune")[0]])
+    assert [number(v) for v in (0.123456, 12.3456, 123456.7, None, -0.5)] == \
+           ["   0.1235", "    12.35", "  123,457", "      n/a", "  -0.5000"]

@@ -139,6 +139,8 @@ class Choice:
         return {"options": list(self.options)}
 
 
+OPTIMISER_KEYS = ("epochs", "optimizer", "lr", "momentum", "weight_decay", "lr_decay_epochs", "lr_decay", "grad_accum_steps",
+                  "max_grad_norm", "warmup_steps")  # what the core's training loop reads of a method's hyperparameters
 TRAINING_SPACE = {"lr": Range(1e-5, 1e-1, log=True), "epochs": Range(1, 10)}
 
 
@@ -236,6 +238,13 @@ class Method:
             if key in args and not args[key] >= 0:
                 return f"{key} must not be negative, got {args[key]}"
         return None
+
+    @classmethod
+    def unused_args(cls, args: dict) -> set[str]:
+        """The resolved hyperparameters that have no effect, which results leave out rather than report as used:
+        ``momentum`` under an optimiser other than SGD, and the optimiser's settings of a method that does not train."""
+        unused = set(OPTIMISER_KEYS) if not cls.trains else {"momentum"} if args.get("optimizer") != "sgd" else set()
+        return unused & args.keys()
 
     @classmethod
     def knobs(cls) -> dict:
