@@ -170,8 +170,8 @@ def optimise(objective, model: torch.nn.Module, epochs: int, device: torch.devic
     report = LoopReport()
     model.train(objective.train_mode)
     start = time.perf_counter()
-    with tqdm(desc=desc, unit="step", disable=None, leave=False) as bar:
-        for epoch, phase, batch, last in _batches(objective, epochs):
+    with tqdm(desc=desc, unit="batch", disable=None, leave=False) as bar:  # on a terminal only, with its rate and ETA
+        for epoch, phase, batch, last in _batches(objective, epochs, bar):
             name = objective.optimizer_group(phase, epoch)
             group = groups.get(name) or groups.setdefault(name, _Group.of(objective, model, name))
             objective.step = report.steps
@@ -180,6 +180,7 @@ def optimise(objective, model: torch.nn.Module, epochs: int, device: torch.devic
                 loss = objective.loss(batch, phase)
             (loss / group.accumulate if group.accumulate > 1 else loss).backward()
             report.examples += len(batch)
+            bar.update()
             group.pending += 1
             if group.pending < group.accumulate and not last:
                 continue
@@ -194,7 +195,6 @@ def optimise(objective, model: torch.nn.Module, epochs: int, device: torch.devic
             model.zero_grad(set_to_none=True)
             group.steps += 1
             report.steps += 1
-            bar.update()
             if budget is not None and budget.spent(report.examples):
                 report.budget_exhausted = True
                 log.warning("%s: stopped by its budget after %d steps (epoch %d of %d)", desc, report.steps, epoch + 1, epochs)
@@ -226,10 +226,15 @@ def accumulate_gradients(model: torch.nn.Module, batches, loss, device: torch.de
     return grads
 
 
-def _batches(objective, epochs: int):
-    """(epoch, phase, batch, last of its pass) for every batch."""
+def _batches(objective, epochs: int, bar):
+    """(epoch, phase, batch, last of its pass) for every batch; ``bar``'s total is set from the first epoch's passes
+    (an estimate for methods whose passes change from epoch to epoch)."""
     for epoch in range(epochs):
-        for phase, loader in objective.passes(epoch):
+        passes = objective.passes(epoch)
+        if epoch == 0:
+            bar.total = epochs * sum(len(loader) for _, loader in passes)
+            bar.refresh()
+        for phase, loader in passes:
             remaining = len(loader)
             for batch in loader:
                 remaining -= 1

@@ -249,3 +249,39 @@ def test_a_method_finishes_inside_its_timed_call(digits_ctx):
 
     report = Finishing(ctx, dict(Method.defaults)).unlearn()
     assert finished == [True] and report.seconds >= 0.2
+
+
+class Terminal:
+    """A stand-in for stderr on a terminal: tqdm draws its bars only where ``isatty()`` is true."""
+
+    def __init__(self):
+        self.text = ""
+
+    def write(self, text):
+        self.text += text
+
+    def flush(self):
+        pass
+
+    def isatty(self):
+        return True
+
+
+@pytest.mark.parametrize("tty", [True, False])
+def test_the_loop_shows_a_bar_with_its_total_rate_and_eta_on_a_terminal_only(monkeypatch, tty):
+    import io
+    import sys
+
+    terminal = Terminal() if tty else io.StringIO()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    x, y = data()
+    model = make()
+    method = Regression([Item(x[:4], y[:4]), Item(x[4:], y[4:])])
+    method.net = model
+    optimise(method, model, 3, torch.device("cpu"), "fp32", desc="unlearning regression")
+    shown = terminal.text if tty else terminal.getvalue()
+    if not tty:
+        assert shown == ""
+        return
+    frames = shown.replace("\r", "\n").strip().splitlines()  # tqdm redraws at most every 0.1 s: the frames it drew
+    assert any("unlearning regression" in line and "/6 [" in line and "batch/s]" in line and "<" in line for line in frames), frames
