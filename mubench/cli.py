@@ -168,8 +168,8 @@ def build_parser() -> Parser:
     ls.add_argument("what", choices=["tasks", "methods", "models", "metrics"])
     ls.add_argument("--task", help="only this task's models")
     ls.add_argument("--include-path", action="append", default=[], metavar="DIR")
-    ls.epilog = ("models: parameter counts come from each model's config (no weights are loaded); "
-                 "unknown* when the config is neither cached nor reachable.")
+    ls.epilog = ("models: parameter counts come from each model's config (no weights are loaded), from the hub or, where "
+                 "it does not answer within 2 s, from the local cache; unknown* when the config is neither cached nor reachable.")
 
     data = sub.add_parser("data", help="load a task's dataset and check it against its card")
     data.add_argument("task")
@@ -383,15 +383,41 @@ def cmd_list(args) -> int:
             print(f"{name:<16} {card.data['modality']:<10} {card.task_type:<22} models: {', '.join(card.models)}")
     else:
         names = [registry.card(args.task).name] if args.task else sorted(registry.card_paths)
-        print(f"{'task':<16} {'model':<26} {'parameters':>12}  {'architecture':<13} {'backbone':<52} original")
+        hub = "the hub" if hub_reachable() else "the cache"
+        if hub == "the cache":
+            log.info("the hub does not answer: parameter counts come from the configs in the local cache")
+        print(f"{'task':<16} {'model':<26} {'parameters':>12}  {'counted from':<13} {'architecture':<13} {'backbone':<52} original")
         for name in names:
             card = registry.card(name)
             for model, spec in card.models.items():
                 default = " (default)" if model == card.default_model else ""
                 backbone = spec.get("params", {}).get("pretrained", "-")
-                print(f"{name:<16} {model + default:<26} {parameter_count(registry, card, model):>12}  "
-                      f"{spec['architecture']:<13} {backbone:<52} {spec['original']}")
+                count = parameter_count(registry, card, model)
+                source = "-" if count == "unknown*" else f"config, {hub[4:]}" if backbone != "-" else "built here"
+                print(f"{name:<16} {model + default:<26} {count:>12}  {source:<13} {spec['architecture']:<13} {backbone:<52} "
+                      f"{spec['original']}")
     return 0
+
+
+def hub_reachable(timeout: float = 2.0) -> bool:
+    """Whether the Hugging Face hub answers within ``timeout`` seconds; where it does not, this process goes offline
+    (``HF_HUB_OFFLINE``), so that configs are read from the cache instead of being retried for minutes."""
+    import os
+    import socket
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    address = urlsplit(constants.ENDPOINT)
+    try:
+        socket.create_connection((address.hostname, address.port or (443 if address.scheme == "https" else 80)), timeout).close()
+        return True
+    except OSError:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        constants.HF_HUB_OFFLINE = True
+        return False
 
 
 def parameter_count(registry, card, model: str) -> str:

@@ -50,8 +50,8 @@ def test_train_then_list(cli):
     assert "test_acc" in done.stdout
     models = cli("list", "models", "--task", "digits")
     header, row = models.stdout.splitlines()
-    assert header.split() == ["task", "model", "parameters", "architecture", "backbone", "original"]
-    assert row.split() == ["digits", "cnn", "(default)", "151.3K", "small_cnn", "-", "train"]
+    assert header.split() == ["task", "model", "parameters", "counted", "from", "architecture", "backbone", "original"]
+    assert row.split() == ["digits", "cnn", "(default)", "151.3K", "built", "here", "small_cnn", "-", "train"]
 
 
 @pytest.mark.parametrize("args, fragments", [

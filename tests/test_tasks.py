@@ -130,7 +130,11 @@ def test_list_models_shows_parameter_counts_from_the_configs(task_data, cli):
     assert done.returncode == 0, done.stderr
     rows = {line.split()[1]: line for line in done.stdout.splitlines()[1:]}
     assert set(rows) == {family for _, family in families("cifar100")}
-    assert "unknown" not in done.stdout and "google/vit-base-patch16-224" in rows["vit-base"]
+    assert "unknown" not in done.stdout and "google/vit-base-patch16-224" in rows["vit-base"] and "config, cache" in rows["vit-base"]
+    # Online, but the hub does not answer: one probe, then the cached configs, not minutes of retries per file.
+    unreachable = cli("list", "models", "--task", "cifar100", env={"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9"})
+    assert unreachable.returncode == 0 and unreachable.stdout == done.stdout
+    assert "the hub does not answer" in unreachable.stderr and "Retrying" not in unreachable.stderr
 
 
 def test_drug_mentions_are_marked_once_each():
