@@ -1,5 +1,5 @@
 """The ``mubench`` command: ``run``, ``tune``, ``ulira``, ``sweep``, ``leaderboard``, ``train``, ``list``, ``data``,
-``validate``, ``verify`` and ``new``.
+``validate``, ``verify``, ``new`` and ``docs``.
 
 Errors in what the user gave (a name, an argument, a card, a result, a cache entry
 that fails verification) are one line on stderr and exit code 2; nothing is
@@ -211,6 +211,9 @@ def build_parser() -> Parser:
     new.add_argument("kind", choices=["task", "method"])
     new.add_argument("name", help="lower-case letters, digits and _ (it names the Python package mubench_<name>)")
     new.add_argument("--dir", type=Path, default=Path("."), metavar="DIR", help="where the package folder goes (default: here)")
+
+    docs = sub.add_parser("docs", help="write the plugin API reference (Markdown, from the docstrings)")
+    docs.add_argument("--out", type=Path, default=Path("docs/api"), metavar="DIR", help="where the pages go (default: docs/api)")
 
     board = sub.add_parser("leaderboard", help="aggregate result files into a ranked leaderboard (JSON and a static page)")
     board.add_argument("folders", nargs="+", type=Path, metavar="DIR", help="folders of result files (searched recursively)")
@@ -537,6 +540,14 @@ def cmd_new(args) -> int:
     return 0
 
 
+def cmd_docs(args) -> int:
+    from mubench.apidoc import write_reference
+
+    written = write_reference(args.out)
+    print(f"wrote {len(written)} pages to {args.out} (start at {args.out / 'index.md'})")
+    return 0
+
+
 def cmd_verify(args) -> int:
     from mubench.api.registry import Registry
     from mubench.recheck import verify
@@ -552,7 +563,7 @@ def cmd_verify(args) -> int:
 
 COMMANDS = {"run": cmd_run, "tune": cmd_tune, "ulira": cmd_ulira, "train": cmd_train,
             "list": cmd_list, "data": cmd_data, "validate": cmd_validate, "verify": cmd_verify,
-            "sweep": cmd_sweep, "leaderboard": cmd_leaderboard, "new": cmd_new}
+            "sweep": cmd_sweep, "leaderboard": cmd_leaderboard, "new": cmd_new, "docs": cmd_docs}
 
 
 class Terminated(KeyboardInterrupt):

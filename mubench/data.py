@@ -343,6 +343,7 @@ class Batch:
     forget: torch.Tensor
 
     def to(self, device: torch.device) -> Batch:
+        """The batch on ``device`` (tensors only; other inputs, such as texts, stay as they are)."""
         moved = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in self.inputs.items()}
         return Batch(moved, self.forget.to(device, non_blocking=True))
 

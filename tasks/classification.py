@@ -115,6 +115,7 @@ class ClassificationTask(TaskType):
 
     @property
     def chance(self) -> float:
+        """1 / the number of classes."""
         return 1.0 / len(self.label_names)
 
 

@@ -97,6 +97,7 @@ class Taxonomy:
         return None
 
     def as_dict(self) -> dict:
+        """The facets by name, as results record them."""
         return asdict(self)
 
 
@@ -110,6 +111,7 @@ class Range:
     log: bool = False
 
     def problem(self, default) -> str | None:
+        """What is wrong with this range for a hyperparameter whose default is ``default``, in words, or None."""
         if isinstance(default, bool) or not isinstance(default, (int, float)):
             return f"a range for a hyperparameter that is not a number ({default!r})"
         if not self.low < self.high or (self.log and self.low <= 0):
@@ -119,6 +121,7 @@ class Range:
         return None
 
     def as_dict(self) -> dict:
+        """The range as a study records it."""
         return {"low": self.low, "high": self.high, "log": self.log}
 
 
@@ -129,6 +132,7 @@ class Choice:
     options: tuple
 
     def problem(self, default) -> str | None:
+        """What is wrong with this choice for a hyperparameter whose default is ``default``, in words, or None."""
         if len(self.options) < 2:
             return "a choice needs two options or more"
         if any(type(option) is not type(default) for option in self.options):
@@ -136,6 +140,7 @@ class Choice:
         return None
 
     def as_dict(self) -> dict:
+        """The choice as a study records it."""
         return {"options": list(self.options)}
 
 
@@ -284,10 +289,12 @@ class Method:
 
     @property
     def model(self) -> torch.nn.Module:
+        """The model being unlearned (``self.ctx.model``)."""
         return self.ctx.model
 
     @property
     def task(self) -> TaskType:
+        """The task type (``self.ctx.task``): its forward pass, loss, labels (``task.label_names``)."""
         return self.ctx.task
 
     # --- what a method says ---------------------------------------------------------------
@@ -374,6 +381,7 @@ class Method:
         return accumulate_gradients(self.model, loader, loss, self.ctx.device, self.ctx.precision)
 
     def logits(self, batch: Batch, model: torch.nn.Module | None = None) -> torch.Tensor:
+        """The task's forward pass of ``batch`` through ``model`` (default: the model being unlearned)."""
         return self.task.forward(model if model is not None else self.model, batch.inputs)
 
     def teacher_logits(self, teacher: torch.nn.Module, batch: Batch) -> torch.Tensor:
@@ -413,6 +421,7 @@ class Pair:
     retain: Batch
 
     def to(self, device: torch.device) -> Pair:
+        """Both batches on ``device``."""
         return Pair(self.forget.to(device), self.retain.to(device))
 
     def __len__(self) -> int:
