@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+import torch._dynamo  # noqa: E402, F401  imported by torch's optimisers on first use: before either side is timed
 from report import ratio_line, sync  # noqa: E402
 
 from mubench.api.registry import Registry  # noqa: E402

@@ -15,6 +15,7 @@ import statistics
 import time
 
 import torch
+import torch._dynamo  # noqa: F401  torch's optimisers import it on first use (seconds): before either side is timed
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 

@@ -15,7 +15,6 @@ import time
 from dataclasses import dataclass, field
 
 import torch
-import torch._dynamo  # noqa: F401  torch's optimisers import it on first use (seconds); not inside a timed run
 from tqdm.auto import tqdm
 
 from mubench.errors import UserError
