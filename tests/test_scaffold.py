@@ -1,13 +1,33 @@
 """`mubench new`: the package skeletons build, install into a fresh environment and run as written."""
 import os
+import re
+import shlex
 import subprocess
 import sys
 import sysconfig
+from pathlib import Path
 
 import pytest
 
 from mubench.errors import UserError
 from mubench.scaffold import write_plugin
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def readme_plugin(folder: Path) -> list[list[str]]:
+    """Write the README's hand-made plugin (its files, as the README shows them) under ``folder``; returns the
+    ``mubench`` commands the README runs on it."""
+    text = README.read_text()
+    files = re.findall(r"<!-- plugin-example: (\S+) -->\n```\w+\n(.*?)```", text, re.S)
+    assert [path for path, _ in files] == ["mubench-my-iris/pyproject.toml", "mubench-my-iris/my_iris/__init__.py",
+                                           "mubench-my-iris/my_iris/cards/my_iris.yaml"]
+    for path, body in files:
+        (folder / path).parent.mkdir(parents=True, exist_ok=True)
+        (folder / path).write_text(body)
+    commands = re.search(r"<!-- plugin-example-run -->\n```bash\n(.*?)```", text, re.S).group(1).splitlines()
+    assert commands[0] == "pip install -e ./mubench-my-iris"
+    return [shlex.split(line)[1:] for line in commands[1:]]
 
 
 def test_names_that_cannot_be_packages_and_existing_folders_are_refused(tmp_path):
@@ -19,7 +39,7 @@ def test_names_that_cannot_be_packages_and_existing_folders_are_refused(tmp_path
         write_plugin("task", "mine", tmp_path)
 
 
-def test_both_skeletons_install_into_a_fresh_environment_and_their_tests_pass(cli, tmp_path):
+def test_both_skeletons_and_the_readme_plugin_install_into_a_fresh_environment_and_run(cli, tmp_path):
     for kind, name in (("method", "ngp_demo"), ("task", "toy_table")):
         done = cli("new", kind, name, "--dir", tmp_path)
         assert done.returncode == 0 and f"mubench-{name.replace('_', '-')}" in done.stdout, done.stderr
@@ -33,8 +53,14 @@ def test_both_skeletons_install_into_a_fresh_environment_and_their_tests_pass(cl
     (fresh / purelib / "parent.pth").write_text(f"import site; site.addsitedir({sysconfig.get_paths()['purelib']!r})\n")
     pip = [sys.executable, "-m", "pip", "--python", python, "--disable-pip-version-check", "-q", "install", "--no-deps",
            "--no-build-isolation"]
-    subprocess.run([*pip, tmp_path / "mubench-ngp-demo", tmp_path / "mubench-toy-table"], check=True, capture_output=True)
+    commands = readme_plugin(tmp_path)
+    subprocess.run([*pip, tmp_path / "mubench-ngp-demo", tmp_path / "mubench-toy-table", tmp_path / "mubench-my-iris"], check=True,
+                   capture_output=True)
     env = {**os.environ, "PYTHONPATH": ""}
+    for command in commands:  # the README's commands, as written, run from the folder the package lies in
+        done = subprocess.run([python, "-m", "mubench", *command], capture_output=True, text=True, env=env, cwd=tmp_path)
+        assert done.returncode == 0, (command, done.stderr[-2000:])
+    assert "my_iris / mlp / my_ngplus" in done.stdout and list(tmp_path.glob("results/my_iris__mlp__my_ngplus__*.json"))
     listed = subprocess.run([python, "-m", "mubench", "list", "methods"], capture_output=True, text=True, env=env)
     assert listed.returncode == 0 and "ngp_demo" in listed.stdout
     assert "ngp_demo" not in cli("list", "methods").stdout  # installed there only
