@@ -461,6 +461,10 @@ def run(config: RunConfig, registry: Registry | None = None, loaded: dict | None
     retrain`` adds the gaps to that reference (retraining first where none is cached).
     """
     plan = resolve(config, registry or Registry(config.include_paths), loaded)
+    if not plan.prepared.classwise:  # its file name is known before any work (a class-wise task's needs the data)
+        replaces_same_configuration(config.output_path / planned_filename(plan),
+                                    {"config": recorded_config(plan, None), "task_card": {"sha256": plan.prepared.card.sha256}},
+                                    before_the_run=True)
     result, model, samples = execute(plan)
     if plan.method_cls.name == "retrain":
         entry = reference_entry(result, plan)
@@ -476,6 +480,7 @@ def emit(plan: Plan, result: dict, model: torch.nn.Module, samples: dict) -> tup
     """Write the result, validated again with what was added to it: the samples a generative task made (PNG, in a
     folder beside it) and, with ``save_model``, the unlearned weights (their SHA-256 in the result)."""
     path = plan.config.output_path / result_filename(result)
+    replaces_same_configuration(path, result)
     if any(samples.values()):
         result["samples"] = save_samples(samples, path.with_suffix(".samples"))
     if plan.config.save_model:
@@ -484,19 +489,20 @@ def emit(plan: Plan, result: dict, model: torch.nn.Module, samples: dict) -> tup
             safetensors.torch.save_model(model, str(tmp))
         result["model_info"]["unlearned_weights"] = {"file": weights.name, "sha256": sha256_file(weights)}
     validate_result(result, "result", plan.prepared.registry, plan.prepared.task)
-    replaces_same_configuration(path, result)
     write_json(path, result)
     return result, path
 
 
-def replaces_same_configuration(path: Path, result: dict) -> None:
+def replaces_same_configuration(path: Path, result: dict, before_the_run: bool = False) -> None:
     """Refuse to write over a result of another configuration: one whose ``config`` or task card differs in what the
     file name does not say (device, precision, the arguments a card gives). A rerun of the same configuration replaces
-    the file; a file that is not a readable result is replaced too."""
+    the file; a file that is not a readable result is replaced too. ``before_the_run``: ``result`` holds only the
+    config and card, and LoRA's record (which the file name already says) is not known yet."""
     try:
         earlier = json.loads(path.read_text())
         config, before = result["config"], earlier["config"]
-        differs = sorted(f"config.{key}" for key in (config.keys() | before.keys()) - {"method_args", "method_args_sources"}
+        skipped = {"method_args", "method_args_sources"} | ({"peft"} if before_the_run else set())
+        differs = sorted(f"config.{key}" for key in (config.keys() | before.keys()) - skipped
                          if config.get(key) != before.get(key))
         differs += ["config.method_args"] if given_args(result) != given_args(earlier) else []
         differs += ["task_card"] if earlier["task_card"] != result["task_card"] else []
@@ -555,6 +561,16 @@ def retrained_reference(result: dict, plan: Plan, write: bool = True) -> dict:
         return read_json(entry.folder / REFERENCE, "cached reference")
 
 
+def recorded_config(plan: Plan, peft: dict | None) -> dict:
+    """The result's ``config``: what the run was asked to do, as resolved (``peft``: the LoRA record, once applied)."""
+    args, sources = plan.reported_args
+    return ({"deletion_ratio": plan.prepared.ratio, "seed": plan.seed, "method_args": args,
+             "protocol": plan.prepared.card.data.get("protocol", "mubench"), "method_args_sources": sources,
+             "device": plan.device.type, "precision": plan.precision, "time_budget": plan.budget_setting, "peft": peft}
+            | {key: value for key in ("split_seed", "original_seed", "validation") if (value := getattr(plan.config, key)) is not None}
+            | ({"tuned": plan.tuned} if plan.tuned else {}))
+
+
 def assemble(plan: Plan, original, before: dict, after: dict, report, budget: Budget, peft, times: dict,
              n_parameters: int, n_trainable: int) -> dict:
     """Stage 7: the result JSON, validated against the schema."""
@@ -566,13 +582,7 @@ def assemble(plan: Plan, original, before: dict, after: dict, report, budget: Bu
         "method": plan.method_cls.name,
         "model": prepared.family.name,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "config": {"deletion_ratio": prepared.ratio, "seed": plan.seed, "method_args": plan.reported_args[0],
-                   "protocol": card.data.get("protocol", "mubench"), "method_args_sources": plan.reported_args[1],
-                   "device": plan.device.type,
-                   "precision": plan.precision, "time_budget": plan.budget_setting, "peft": peft}
-                  | {key: value for key in ("split_seed", "original_seed", "validation")
-                     if (value := getattr(plan.config, key)) is not None}
-                  | ({"tuned": plan.tuned} if plan.tuned else {}),
+        "config": recorded_config(plan, peft),
         "split": {"n_train": prepared.n_train, "n_forget": len(prepared.forget), "n_retain": prepared.n_train - len(prepared.forget),
                   "n_test": prepared.n_test, "forget_sha256": indices_sha256(prepared.forget),
                   "split_seed": card.split_seed, "data_sha256": prepared.data_sha256}

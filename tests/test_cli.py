@@ -170,4 +170,5 @@ def test_file_names_say_what_makes_a_run_distinct_and_only_the_same_configuratio
     refused = cli(*run)
     [line] = refused.stderr.strip().splitlines()[-1:]
     assert refused.returncode == 2 and "holds a result of another configuration" in line
+    assert "unlearning:" not in refused.stderr  # refused before any work
     assert "differs in task_card)" in line and (tmp_path / names[0]).read_text() == before
