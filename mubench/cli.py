@@ -362,20 +362,20 @@ def cmd_train(args) -> int:
 
 
 def cmd_list(args) -> int:
-    from mubench.api.method import Taxonomy
     from mubench.api.registry import Registry
 
     registry = Registry(args.include_path)
     if args.what == "methods":
         print(f"{'method':<10} {'knowledge':<15} {'corruption':<10} {'retention':<20} {'parameters':<16} what it does")
-        for name, cls in sorted(registry.methods.items()):
-            facets = cls.taxonomy or Taxonomy("-", "-", "-", "-")
-            print(f"{name:<10} {facets.knowledge:<15} {facets.corruption:<10} {facets.retention:<20} {facets.parameters:<16} {cls.summary}")
+        for name, method in sorted(registry.catalog.methods.items()):
+            facets = method["taxonomy"] or dict.fromkeys(("knowledge", "corruption", "retention", "parameters"), "-")
+            print(f"{name:<10} {facets['knowledge']:<15} {facets['corruption']:<10} {facets['retention']:<20} "
+                  f"{facets['parameters']:<16} {method['summary']}")
     elif args.what == "metrics":
-        for name, metric in sorted(registry.metrics.items()):
-            direction = "higher" if metric.higher_is_better else "lower"
-            print(f"{name:<26} {metric.scope:<7} {direction + ' is better':<17} forgotten: {metric.forgotten:<8} "
-                  f"needs: {', '.join(sorted(metric.needs)):<22} {metric.description}")
+        for name, metric in sorted(registry.catalog.metrics.items()):
+            direction = "higher" if metric["higher_is_better"] else "lower"
+            print(f"{name:<26} {metric['scope']:<7} {direction + ' is better':<17} forgotten: {metric['forgotten']:<8} "
+                  f"needs: {', '.join(metric['needs']):<22} {metric['description']}")
     elif args.what == "tasks":
         for name in sorted(registry.card_paths):
             try:
@@ -451,7 +451,6 @@ def cmd_data(args) -> int:
 
 def cmd_validate(args) -> int:
     from mubench.api.registry import Registry
-    from mubench.recheck import recheck
 
     registry, drawn = Registry(args.include_path), {}
     failed = 0
@@ -466,6 +465,8 @@ def cmd_validate(args) -> int:
                     continue
                 print(f"{path}: ok (task card '{name}')")
             else:
+                from mubench.recheck import recheck  # results are re-checked against the live plugins
+
                 skipped = recheck(path, registry, read_data=not args.no_data, data_dir=args.data_dir, drawn=drawn)
                 print(f"{path}: ok (result" + (f"; not re-checked: {skipped})" if skipped else ")"))
         except UserError as e:

@@ -175,12 +175,13 @@ def test_validate_lists_every_problem_of_a_card_and_run_refuses_it_in_one_line(c
 
 
 def test_architecture_parameters_are_checked_by_default_and_annotation():
-    from mubench.api.registry import argument_problems
+    from mubench.api.catalog import argument_problems, signature_spec
     from mubench.tasks.architectures import tiny_vit
     from mubench.tasks.pretrained import Pretrained
 
-    assert argument_problems(tiny_vit, {"embed_dims": [8, 16], "drop_path_rate": 0, "depths": None}) == []
-    [(key, problem)] = argument_problems(tiny_vit, {"embed_dims": "wide"})
+    vit = signature_spec(tiny_vit)
+    assert argument_problems(vit, {"embed_dims": [8, 16], "drop_path_rate": 0, "depths": None}) == []
+    [(key, problem)] = argument_problems(vit, {"embed_dims": "wide"})
     assert key == "embed_dims" and "expected list | None" in problem
-    assert argument_problems(tiny_vit, {"drop_path_rate": True}) == [("drop_path_rate", "expected float (as its default 0.1), got True")]
-    assert argument_problems(Pretrained(), {"pretrained": "x", "hidden_dropout_prob": 0.2}) == []  # **params: any config key
+    assert argument_problems(vit, {"drop_path_rate": True}) == [("drop_path_rate", "expected float (as its default 0.1), got True")]
+    assert argument_problems(signature_spec(Pretrained()), {"pretrained": "x", "hidden_dropout_prob": 0.2}) == []  # **params

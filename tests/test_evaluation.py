@@ -44,7 +44,7 @@ def test_a_third_party_metric_is_selected_by_the_card_and_described_in_the_resul
 
 
 @pytest.mark.parametrize("metrics, message", [
-    (["acc", "rouge"], "unknown metric (in"),
+    (["acc", "rouge"], "key 'metrics[1]': unknown metric 'rouge'"),
     (["acc", "rougeL"], "metric 'rougeL' needs generation, reference, which task type 'image_classification' does not record"),
     (["mia_efficacy"], "the overall score of task type 'image_classification' needs acc"),
 ])

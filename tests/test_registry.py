@@ -351,3 +351,48 @@ def test_the_roster_has_thirty_methods_each_placed_in_the_taxonomy(registry, cli
     assert set(rows) == set(Registry().methods)  # what is installed now (the demo plugin's method, while it is)
     assert rows["salun"].split()[1:5] == ["loss", "data", "loss", "sparse,"] and "internal" in rows["salun"]
     assert rows["rmu"].split()[1:4] == ["representation", "model", "representation"]
+
+
+def test_listing_and_validating_a_card_read_the_cached_catalog_without_importing_torch(cli, tmp_path):
+    import os
+
+    home = tmp_path / "home"
+    env = {"MUBENCH_HOME": str(home)}
+    built = cli("list", "methods", env=env)  # the first run makes the catalog from the live plugins
+    [cached] = (home / "catalog").glob("*.json")
+    probe = ("import sys; from mubench.cli import main; main({args}); "
+             "print('torch imported' if 'torch' in sys.modules else 'no torch')")
+    for args in (["list", "methods"], ["list", "tasks"], ["validate", str(REPO / "tasks" / "iris" / "iris.yaml")]):
+        done = subprocess.run([sys.executable, "-c", probe.format(args=args)], capture_output=True, text=True,
+                              env={**os.environ, **env})
+        assert done.returncode == 0 and done.stdout.strip().splitlines()[-1] == "no torch", (args, done.stderr)
+    again = cli("list", "methods", env=env)
+    assert again.stdout == built.stdout
+    data = json.loads(cached.read_text())  # what is listed is what the catalog says
+    data["methods"]["neggrad"]["summary"] = "read from the catalog"
+    cached.write_text(json.dumps(data))
+    assert "read from the catalog" in cli("list", "methods", env=env).stdout
+
+
+def test_the_catalog_fingerprint_changes_with_a_plugin_s_files_and_packages(tmp_path, monkeypatch):
+    import os
+    from types import SimpleNamespace
+
+    from mubench.api.catalog import fingerprint
+
+    (tmp_path / "fp_plugin").mkdir()
+    module = tmp_path / "fp_plugin" / "__init__.py"
+    module.write_text("x = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    entry = SimpleNamespace(name="fp", value="fp_plugin", module="fp_plugin", dist=SimpleNamespace(name="fp-plugin", version="1"))
+    first = fingerprint([entry])
+    assert fingerprint([entry]) == first
+    module.write_text("x = 22\n")
+    assert fingerprint([entry]) != first
+    stat = module.stat()
+    second = fingerprint([entry])
+    os.utime(module, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # the same size, touched later
+    assert fingerprint([entry]) != second
+    assert fingerprint([SimpleNamespace(**vars(entry) | {"dist": SimpleNamespace(name="fp-plugin", version="2")})]) != \
+        fingerprint([entry])
+    assert fingerprint([]) != fingerprint([entry])

@@ -9,19 +9,20 @@ where it is used, naming both sources. The rest of mubench keeps working.
 """
 from __future__ import annotations
 
-import inspect
+import contextlib
+import json
 import logging
 import re
 from functools import cached_property
 from importlib.metadata import entry_points
 from pathlib import Path
 
-import jsonschema
 import pluggy
 
 from mubench import hookspecs
 from mubench.api.card import TaskCard, load_card, read_yaml
-from mubench.errors import UserError, key_path, unknown_name
+from mubench.api.catalog import Catalog, card_problems, fingerprint, plain, signature_spec
+from mubench.errors import UserError, unknown_name
 
 PROJECT = "mubench"
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # a name that can be part of a file name (results, caches)
@@ -35,73 +36,108 @@ def one_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
-TYPES = {"int": int, "float": float, "str": str, "bool": bool, "list": list, "dict": dict, "tuple": list}
+class Said(logging.Handler):
+    """The warnings logged while the catalog is made, kept to be said again whenever it is read."""
 
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
 
-def type_problem(value, default) -> str | None:
-    """Why ``value`` cannot stand where ``default`` is the default (an int may stand for a float), or None."""
-    expected = type(default)
-    if default is None or isinstance(value, expected) and not (expected is int and isinstance(value, bool)):
-        return None
-    if expected is float and isinstance(value, int) and not isinstance(value, bool):
-        return None
-    return f"expected {expected.__name__} (as its default {default!r}), got {value!r}"
+    def emit(self, record):
+        self.messages.append(record.getMessage())
 
-
-def argument_problems(builder, params: dict) -> list[tuple[str, str]]:
-    """``(key, problem)`` for each of a card's ``params`` that ``builder`` (an architecture: ``(task, **params)``)
-    does not take, or takes with another type: read from its signature's defaults, or its annotations where the
-    default is None. A builder that takes ``**params`` accepts any other key."""
-    try:
-        parameters = list(inspect.signature(builder).parameters.values())[1:]
-    except (TypeError, ValueError):
-        return []
-    named = {p.name: p for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-    open_ended = any(p.kind is p.VAR_KEYWORD for p in parameters)
-    problems = []
-    for key, value in params.items():
-        if key not in named:
-            if not open_ended:
-                problems.append((key, f"not a parameter of this architecture (it takes: {', '.join(named) or 'none'})"))
-            continue
-        default, annotation = named[key].default, named[key].annotation
-        if default is not inspect.Parameter.empty and default is not None:
-            problem = type_problem(value, default)
-        elif isinstance(annotation, str) and value is not None:
-            allowed = [TYPES[word] for word in re.findall(r"[a-z]+", annotation) if word in TYPES]
-            problem = None if not allowed or any(type_problem(value, kind()) is None for kind in allowed) else \
-                f"expected {annotation}, got {value!r}"
-        else:
-            problem = None
-        if problem:
-            problems.append((key, problem))
-    return problems
+    @contextlib.contextmanager
+    def listening(self):
+        log.addHandler(self)
+        try:
+            yield
+        finally:
+            log.removeHandler(self)
 
 
 class Registry:
     """Tasks (cards), task types, dataset loaders and adapters, architectures, methods and metrics of all plugins."""
 
     def __init__(self, include_paths=(), plugins=()):
-        self.plugins = pluggy.PluginManager(PROJECT)
-        self.plugins.add_hookspecs(hookspecs)
-        self.packages: dict[str, dict] = {}  # plugin name -> the package (name and version) that installed it
-        for entry in entry_points(group=PROJECT):
-            source = f"plugin '{entry.name}'" + (f" (package {entry.dist.name})" if entry.dist else "")
-            try:
-                self.plugins.register(entry.load(), name=entry.name)
-                if entry.dist is not None:
-                    self.packages[entry.name] = {"package": entry.dist.name, "version": entry.dist.version}
-                log.debug("%s %s registered from %s", source, entry.dist.version if entry.dist else "", entry.value)
-            except Exception as e:  # noqa: BLE001 - any failure of third-party code leaves that plugin out
-                log.warning("%s failed to load and is left out: %s", source, one_line(e))
-        for plugin in plugins:
-            self.plugins.register(plugin)
+        self.extra_plugins = list(plugins)
         self.include_paths = [Path(p) for p in include_paths]
         for path in self.include_paths:
             if not path.is_dir():
                 raise UserError(f"--include-path {path}: no such folder")
         self.clashes: dict[str, str] = {}  # "<kind> '<name>'" -> the two sources that both give it
         self.owners: dict[tuple[str, str], str] = {}  # (kind, name) -> the plugin that gives it
+        self.packages: dict[str, dict] = {}  # plugin name -> the package (name and version) that installed it
+        self.said = Said()  # the warnings of loading and collecting plugins, which a cached catalog says again
+
+    @cached_property
+    def entries(self) -> list:
+        """The entry points of group ``mubench`` (reading them imports nothing)."""
+        return list(entry_points(group=PROJECT))
+
+    @cached_property
+    def plugins(self) -> pluggy.PluginManager:
+        """The plugins, imported on first use: a plugin that fails to import is named in a warning and left out."""
+        manager = pluggy.PluginManager(PROJECT)
+        manager.add_hookspecs(hookspecs)
+        with self.said.listening():
+            self._register(manager)
+        return manager
+
+    def _register(self, manager: pluggy.PluginManager) -> None:
+        for entry in self.entries:
+            source = f"plugin '{entry.name}'" + (f" (package {entry.dist.name})" if entry.dist else "")
+            try:
+                manager.register(entry.load(), name=entry.name)
+                if entry.dist is not None:
+                    self.packages[entry.name] = {"package": entry.dist.name, "version": entry.dist.version}
+                log.debug("%s %s registered from %s", source, entry.dist.version if entry.dist else "", entry.value)
+            except Exception as e:  # noqa: BLE001 - any failure of third-party code leaves that plugin out
+                log.warning("%s failed to load and is left out: %s", source, one_line(e))
+        for plugin in self.extra_plugins:
+            manager.register(plugin)
+
+    @cached_property
+    def catalog(self) -> Catalog:
+        """What the plugins give, as plain data (see :mod:`mubench.api.catalog`): read from
+        ``$MUBENCH_HOME/catalog`` when the installed plugins and their files are as they were when it was written
+        (its warnings said again), else made from the live plugins and written there."""
+        from mubench.files import mubench_home, write_json
+
+        path = None if self.extra_plugins else mubench_home() / "catalog" / f"{fingerprint(self.entries)}.json"
+        if path is not None and path.is_file():
+            try:
+                catalog = Catalog.from_json(json.loads(path.read_text()))
+            except (OSError, ValueError, KeyError, TypeError):
+                catalog = None
+            if catalog is not None:
+                for warning in catalog.warnings:
+                    log.warning("%s", warning)
+                return catalog
+        catalog = self.live_catalog()
+        if path is not None:
+            try:
+                write_json(path, catalog.to_json())
+            except (OSError, ValueError):
+                log.debug("the plugin catalog could not be cached at %s", path)
+        return catalog
+
+    def live_catalog(self) -> Catalog:
+        """The catalog made from the plugins themselves (imports them all), with the warnings that gave."""
+        methods = {name: {"summary": cls.summary, "taxonomy": cls.taxonomy.as_dict() if cls.taxonomy else None,
+                          "defaults": {key: plain(value) for key, value in cls.defaults.items()}}
+                   for name, cls in self.methods.items()}
+        metrics = {name: {"scope": m.scope, "higher_is_better": m.higher_is_better, "forgotten": m.forgotten,
+                          "needs": sorted(m.needs), "description": m.description} for name, m in self.metrics.items()}
+        catalog = Catalog(
+            card_folders=[[str(folder), plugin] for folder, plugin in self.live_card_folders().items()],
+            packages=self.packages, owners={}, clashes=dict(self.clashes), task_types=sorted(self.task_types),
+            loaders={name: getattr(loader, "options_schema", None) for name, loader in self.dataset_loaders.items()},
+            adapters=sorted(self.dataset_adapters),
+            architectures={name: signature_spec(builder) for name, builder in self.architectures.items()},
+            methods=methods, metrics=metrics, warnings=list(self.said.messages))
+        for (kind, name), plugin in self.owners.items():
+            catalog.owners.setdefault(kind, {})[name] = plugin
+        return catalog
 
     def _answers(self, hook: str):
         """Each plugin's answer to ``hook``, as (plugin name, answer); a plugin whose hook raises is left out."""
@@ -115,6 +151,10 @@ class Registry:
     def _collect(self, hook: str, kind: str, key=None, valid=callable, problem=None) -> dict:
         """Merge one hook's answers over all plugins, checking each name and value (and, with ``problem``, what it
         declares) as it registers."""
+        with self.said.listening():
+            return self._merge(hook, kind, key, valid, problem)
+
+    def _merge(self, hook: str, kind: str, key, valid, problem) -> dict:
         merged, owner = {}, {}
         for plugin, answer in self._answers(hook):
             for item in answer:
@@ -185,10 +225,15 @@ class Registry:
     def architectures(self) -> dict:
         return self._collect("mubench_architectures", "architecture")
 
+    def live_card_folders(self) -> dict[Path, str]:
+        """Each plugin's card folders, and the plugin that gives each, from the plugins themselves."""
+        with self.said.listening():
+            return {Path(d): plugin for plugin, dirs in self._answers("mubench_task_card_dirs") for d in dirs}
+
     @cached_property
     def plugin_card_folders(self) -> dict[Path, str]:
-        """Each plugin's card folders, and the plugin that gives each."""
-        return {Path(d): plugin for plugin, dirs in self._answers("mubench_task_card_dirs") for d in dirs}
+        """Each plugin's card folders, and the plugin that gives each (from the catalog)."""
+        return {Path(folder): plugin for folder, plugin in self.catalog.card_folders}
 
     @cached_property
     def card_folders(self) -> list[Path]:
@@ -198,14 +243,15 @@ class Registry:
     def provider(self, kind: str, name: str) -> dict:
         """Where a registered ``kind`` (``task``, ``task type``, ``method``, …) named ``name`` comes from: its plugin and
         the package (name and version) that installed it; a card found under ``--include-path`` names that folder."""
+        packages = self.catalog.packages
         if kind == "task":
             path = self.card_paths[name].resolve()
             for folder, plugin in self.plugin_card_folders.items():
                 if path.is_relative_to(Path(folder).resolve()):
-                    return {"plugin": plugin} | self.packages.get(plugin, {})
+                    return {"plugin": plugin} | packages.get(plugin, {})
             return {"include_path": str(path.parent)}
-        plugin = self.owners[(kind, name)]
-        return {"plugin": plugin} | self.packages.get(plugin, {})
+        plugin = self.catalog.owners[kind][name]
+        return {"plugin": plugin} | packages.get(plugin, {})
 
     @cached_property
     def card_paths(self) -> dict[str, Path]:
@@ -238,44 +284,8 @@ class Registry:
         return load_card(self._get("task", name, self.card_paths), roots=self.card_folders)
 
     def card_problems(self, card: TaskCard) -> list[str]:
-        """Every problem of a card that only the plugins can see, one line each: a task type, architecture, loader,
-        adapter, metric or method that is not registered; ``dataset.options`` against the loader's ``options_schema``;
-        ``models.<family>.params`` against the architecture's signature; ``methods.<name>`` against the method's
-        hyperparameters."""
-        data, source = card.data, card.path
-        problems = []
-
-        def known(kind: str, key: str, name: str, registered: dict) -> bool:
-            if name in registered:
-                return True
-            problems.append(f"{source}: key '{key}': {unknown_name(kind, name, registered)}")
-            return False
-
-        known("task type", "task_type", card.task_type, self.task_types)
-        dataset = card.dataset
-        if "loader" in dataset and known("dataset loader", "dataset.loader", dataset["loader"], self.dataset_loaders):
-            schema = getattr(self.dataset_loaders[dataset["loader"]], "options_schema", None)
-            if schema is not None:
-                for error in jsonschema.Draft202012Validator(schema).iter_errors(dataset.get("options", {})):
-                    problems.append(f"{source}: {key_path(['dataset', 'options', *error.absolute_path])}: {error.message}")
-        if "adapter" in dataset:
-            known("dataset adapter", "dataset.adapter", dataset["adapter"], self.dataset_adapters)
-        for family, spec in card.models.items():
-            if known("architecture", f"models.{family}.architecture", spec["architecture"], self.architectures):
-                problems += [f"{source}: key 'models.{family}.params.{key}': {problem}"
-                             for key, problem in argument_problems(self.architectures[spec["architecture"]], spec.get("params", {}))]
-        for position, name in enumerate(data["metrics"]):
-            known("metric", f"metrics[{position}]", name, self.metrics)
-        for name, overrides in data.get("methods", {}).items():
-            if known("method", f"methods.{name}", name, self.methods):
-                defaults = self.methods[name].defaults
-                for key, value in overrides.items():
-                    if key not in defaults:
-                        unknown = unknown_name(f"argument of method '{name}'", key, defaults)
-                        problems.append(f"{source}: key 'methods.{name}.{key}': {unknown}")
-                    elif (expected := type_problem(value, defaults[key])) is not None:
-                        problems.append(f"{source}: key 'methods.{name}.{key}': {expected}")
-        return problems
+        """Every problem of ``card`` that only the plugins can see (see :func:`mubench.api.catalog.card_problems`)."""
+        return card_problems(card, self.catalog)
 
     def checked_card(self, name: str) -> TaskCard:
         """The card of task ``name``, refused in one line (its first problem) if it has any problem
