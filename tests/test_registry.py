@@ -295,6 +295,7 @@ def test_installed_layout_keeps_everything_inside_the_mubench_namespace(tmp_path
     [wheel] = tmp_path.glob("mubench-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "mubench/tasks/digits/digits.yaml" in names
+    assert "mubench/tasks/sklearn_tables.yaml" in names and "mubench/tasks/iris/iris.yaml" in names  # a base card too
     assert "mubench/methods/salun.py" in names
     assert "mubench/schemas/result.schema.json" in names
     assert not [n for n in names if n.startswith(("tasks/", "methods/"))]
