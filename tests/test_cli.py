@@ -56,7 +56,7 @@ def test_train_then_list(cli):
 
 @pytest.mark.parametrize("args, fragments", [
     (["run", "--task", "digts", "--method", "salun"],
-     ["unknown task 'digts'", "Did you mean 'digits'?", "Known: biofact, cifar10, cifar100, ddi2013, digits"]),
+     ["unknown task 'digts'", "Did you mean 'digits'?", "Known: biofact, breast_cancer, cifar10, cifar100, ddi2013, digits"]),
     (["run", "--task", "digits", "--method", "salunn"], ["unknown method 'salunn'", "Did you mean 'salun'?", "neggrad"]),
     (["run", "--task", "digits", "--method", "salun", "--model", "resnet"], ["unknown model for task 'digits' 'resnet'", "Known: cnn"]),
     (["run", "--task", "digits", "--method", "salun", "--deletion-ratio", "5"], ["--deletion-ratio", "strictly between 0 and 1"]),
@@ -127,7 +127,7 @@ def test_version_and_verbosity_after_the_subcommand(cli):
     assert quiet.returncode == 0 and "acc" in quiet.stdout
     for flags in (["-v", "list", "methods"], ["list", "methods", "-v"]):
         loud = cli(*flags)
-        assert loud.returncode == 0 and "plugin 'methods'" in loud.stderr, flags  # -v logs where each plugin comes from
+        assert loud.returncode == 0 and "plugin 'methods' (package mubench" in loud.stderr, flags  # -v: where each plugin comes from
     assert "plugin 'methods'" not in cli("list", "methods").stderr
     both = cli("list", "methods", "-q", "-v")
     assert both.returncode == 2 and both.stderr.count("\n") == 1 and "not allowed with" in both.stderr

@@ -112,6 +112,9 @@ class Registry:
             if catalog is not None:
                 for warning in catalog.warnings:
                     log.warning("%s", warning)
+                for entry in self.entries:
+                    log.debug("plugin '%s'%s from %s, as the catalog %s records it", entry.name,
+                              f" (package {entry.dist.name} {entry.dist.version})" if entry.dist else "", entry.value, path)
                 return catalog
         catalog = self.live_catalog()
         if path is not None:
