@@ -268,6 +268,8 @@ def test_a_broken_plugin_is_named_in_one_line_and_left_out(tmp_path, cli):
     assert sum("left out" in line for line in lines) == 4  # the badly named plugin's two items, the import, the hook
     ran = cli("run", "--task", "digits", "--method", "original", "--output-path", tmp_path / "out", env={"PYTHONPATH": path})
     assert ran.returncode == 0 and list((tmp_path / "out").glob("digits__cnn__original__*.json")), ran.stderr
+    for name, warning in WARNINGS.items():  # said by the cached catalog, not again when the plugins load for the run
+        assert ran.stderr.count(warning) == 1, (name, ran.stderr)
     clash = cli("run", "--task", "digits", "--method", "neggrad", "--output-path", tmp_path / "out2", env={"PYTHONPATH": path})
     assert clash.returncode == 2 and "Traceback" not in clash.stderr
     assert clash.stderr.strip().splitlines()[-1] == (

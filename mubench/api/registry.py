@@ -37,21 +37,33 @@ def one_line(error: BaseException) -> str:
 
 
 class Said(logging.Handler):
-    """The warnings logged while the catalog is made, kept to be said again whenever it is read."""
+    """The warnings logged while plugins load and register, kept to be said again whenever a cached catalog is read;
+    a warning the catalog has said already is not said twice when the live plugins load later in the process."""
 
     def __init__(self):
         super().__init__(logging.WARNING)
         self.messages: list[str] = []
+        self.replayed: set[str] = set()
 
     def emit(self, record):
         self.messages.append(record.getMessage())
 
+    def filter(self, record):  # as a filter of the logger: drops what was said already
+        return record.getMessage() not in self.replayed
+
+    def replay(self, messages: list[str]) -> None:
+        for message in messages:
+            log.warning("%s", message)
+        self.replayed.update(messages)
+
     @contextlib.contextmanager
     def listening(self):
         log.addHandler(self)
+        log.addFilter(self)
         try:
             yield
         finally:
+            log.removeFilter(self)
             log.removeHandler(self)
 
 
@@ -110,8 +122,7 @@ class Registry:
             except (OSError, ValueError, KeyError, TypeError):
                 catalog = None
             if catalog is not None:
-                for warning in catalog.warnings:
-                    log.warning("%s", warning)
+                self.said.replay(catalog.warnings)
                 for entry in self.entries:
                     log.debug("plugin '%s'%s from %s, as the catalog %s records it", entry.name,
                               f" (package {entry.dist.name} {entry.dist.version})" if entry.dist else "", entry.value, path)
