@@ -575,6 +575,13 @@ def terminate(signum, frame):
     raise Terminated
 
 
+def forget_unhandled_interrupt() -> None:
+    """Keep exit code 130 under ``python -m mubench`` too: CPython marks an interrupt that landed inside exec/eval of
+    a string (a dataclass being made during an import) as unhandled, and ``python -m`` then ends the process by SIGINT
+    after main has returned; running a string through exec clears that mark."""
+    exec("")
+
+
 LEVELS = {"quiet": logging.WARNING, "normal": logging.INFO, "verbose": logging.DEBUG}
 
 
@@ -595,5 +602,6 @@ def main(argv=None) -> int:
         print("mubench: terminated; no result written", file=sys.stderr)
         return 143
     except KeyboardInterrupt:
+        forget_unhandled_interrupt()
         print("mubench: interrupted; no result written", file=sys.stderr)
         return 130

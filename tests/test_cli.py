@@ -118,6 +118,21 @@ def test_interrupted_run_leaves_no_result(tmp_path, mubench_home, sent, code, sa
     assert list(out.iterdir()) == []
 
 
+def test_an_interrupt_inside_generated_code_still_exits_130_under_python_m(tmp_path):
+    # CPython marks a KeyboardInterrupt raised inside exec/eval of a string (a dataclass being made during an
+    # import) as unhandled, and `python -m` then dies by SIGINT after main has returned 130; timing-free here
+    (tmp_path / "interrupted_probe.py").write_text(
+        "from mubench import cli\n"
+        "def interrupted(args):\n"
+        "    exec('raise KeyboardInterrupt')\n"
+        "cli.COMMANDS['list'] = interrupted\n"
+        "raise SystemExit(cli.main(['list', 'tasks']))\n")
+    done = subprocess.run([sys.executable, "-m", "interrupted_probe"], cwd=tmp_path, capture_output=True, text=True,
+                          env=os.environ.copy(), timeout=120)
+    assert done.returncode == 130, done.stderr
+    assert done.stderr.strip() == "mubench: interrupted; no result written"
+
+
 def test_version_and_verbosity_after_the_subcommand(cli):
     from mubench import __version__
 
