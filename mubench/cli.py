@@ -457,7 +457,7 @@ def cmd_validate(args) -> int:
     for path in args.files:
         try:
             if path.suffix in (".yaml", ".yml"):
-                name, problems = card_problems(path, registry)
+                name, problems = registry.card_problems(path)
                 for problem in problems:
                     print(f"mubench: invalid: {problem}", file=sys.stderr)
                 if problems:
@@ -473,15 +473,6 @@ def cmd_validate(args) -> int:
             print(f"mubench: invalid: {e}", file=sys.stderr)
             failed += 1
     return 2 if failed else 0
-
-
-def card_problems(path: Path, registry) -> tuple[str, list[str]]:
-    """The task name of the card at ``path`` and every problem it has: its YAML and includes (the first, raised), else
-    its structure, else what the plugins see."""
-    from mubench.api.card import TaskCard, resolve_includes, structure_problems
-
-    data = resolve_includes(path, roots=registry.card_folders)
-    return data.get("task"), structure_problems(data, path) or registry.card_problems(TaskCard(path, data))
 
 
 def cmd_sweep(args) -> int:

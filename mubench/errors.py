@@ -1,5 +1,6 @@
 """The one error type users see: a single clear line, never a traceback."""
 import difflib
+import re
 
 
 class UserError(Exception):
@@ -20,3 +21,8 @@ def key_path(parts) -> str:
     for part in parts:
         text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
     return f"key '{text}'" if text else "top level"
+
+
+def problem_key(problem: str) -> str:
+    """The card key a problem line names (``key 'train.epochs'`` -> ``train.epochs``), or '' where it names none."""
+    return match.group(1) if (match := re.search(r"key '([^']*)'", problem)) else ""

@@ -203,15 +203,20 @@ def structure_problems(data: dict, source) -> list[str]:
 
 
 def load_card(path: str | Path, roots=()) -> TaskCard:
-    """Read, merge and validate a task card; any problem is one line naming file and key (the first, where there
-    are several: :func:`structure_problems` lists them all).
+    """Read, merge and validate a task card; any problem is one line naming file and key (the first, and how many
+    more there are: :func:`structure_problems` lists them all).
 
     ``roots`` are the folders (the user's include paths, the plugins' card folders)
     under which ``include:`` may reach besides the card's own folder.
     """
     path = Path(path)
     data = resolve_includes(path, roots)
-    problems = structure_problems(data, path)
-    if problems:
-        raise UserError(problems[0])
+    refuse(structure_problems(data, path), path)
     return TaskCard(path=path, data=data)
+
+
+def refuse(problems: list[str], path) -> None:
+    """Raise the first of a card's ``problems`` as one line that says how many more there are, if any."""
+    if problems:
+        raise UserError(problems[0] + (f" (and {len(problems) - 1} more: `mubench validate {path}` lists them)"
+                                       if len(problems) > 1 else ""))

@@ -114,42 +114,50 @@ def card_problems(card, catalog: Catalog) -> list[str]:
     """Every problem of a card that only the plugins can see, one line each: a task type, architecture, loader,
     adapter, metric or method that is not registered; ``dataset.options`` against the loader's ``options_schema``;
     ``models.<family>.params`` against the architecture's signature; ``methods.<name>`` against the method's
-    hyperparameters."""
+    hyperparameters. A section whose structure is broken (what the card's schema reports) is passed over."""
     data, source = card.data, card.path
     problems = []
 
-    def known(kind: str, key: str, name: str, registered) -> bool:
+    def known(kind: str, key: str, name, registered) -> bool:
+        if not isinstance(name, str):
+            return False
         if name in registered:
             return True
         problems.append(f"{source}: key '{key}': {unknown_name(kind, name, registered)}")
         return False
 
-    known("task type", "task_type", card.task_type, catalog.task_types)
-    dataset = card.dataset
-    if "loader" in dataset and known("dataset loader", "dataset.loader", dataset["loader"], catalog.loaders):
+    known("task type", "task_type", data.get("task_type"), catalog.task_types)
+    dataset = mapping(data.get("dataset"))
+    if known("dataset loader", "dataset.loader", dataset.get("loader"), catalog.loaders):
         schema = catalog.loaders[dataset["loader"]]
         if schema is not None:
             for error in jsonschema.Draft202012Validator(schema).iter_errors(dataset.get("options", {})):
                 problems.append(f"{source}: {key_path(['dataset', 'options', *error.absolute_path])}: {error.message}")
-    if "adapter" in dataset:
-        known("dataset adapter", "dataset.adapter", dataset["adapter"], catalog.adapters)
-    for family, spec in card.models.items():
-        if known("architecture", f"models.{family}.architecture", spec["architecture"], catalog.architectures):
+    known("dataset adapter", "dataset.adapter", dataset.get("adapter"), catalog.adapters)
+    for family, spec in mapping(data.get("models")).items():
+        spec = mapping(spec)
+        if known("architecture", f"models.{family}.architecture", spec.get("architecture"), catalog.architectures):
             problems += [f"{source}: key 'models.{family}.params.{key}': {problem}"
-                         for key, problem in argument_problems(catalog.architectures[spec["architecture"]], spec.get("params", {}))]
-    for position, name in enumerate(data["metrics"]):
+                         for key, problem in argument_problems(catalog.architectures[spec["architecture"]], mapping(spec.get("params")))]
+    metrics = data.get("metrics")
+    for position, name in enumerate(metrics if isinstance(metrics, list) else []):
         known("metric", f"metrics[{position}]", name, catalog.metrics)
-    for name, overrides in data.get("methods", {}).items():
+    for name, overrides in mapping(data.get("methods")).items():
         if f"method '{name}'" in catalog.clashes:  # refused where it is used, naming both plugins
             continue
         if known("method", f"methods.{name}", name, catalog.methods):
             defaults = catalog.methods[name]["defaults"]
-            for key, value in overrides.items():
+            for key, value in mapping(overrides).items():
                 if key not in defaults:
                     problems.append(f"{source}: key 'methods.{name}.{key}': {unknown_name(f'argument of method {name!r}', key, defaults)}")
                 elif (expected := type_problem(value, defaults[key])) is not None:
                     problems.append(f"{source}: key 'methods.{name}.{key}': {expected}")
     return problems
+
+
+def mapping(value) -> dict:
+    """``value`` where it is a mapping, else an empty one (a card section whose structure the schema refuses)."""
+    return value if isinstance(value, dict) else {}
 
 
 def fingerprint(entries) -> str:

@@ -20,9 +20,9 @@ from pathlib import Path
 import pluggy
 
 from mubench import hookspecs
-from mubench.api.card import TaskCard, load_card, read_yaml
+from mubench.api.card import TaskCard, load_card, read_yaml, refuse, resolve_includes, structure_problems
 from mubench.api.catalog import Catalog, card_problems, fingerprint, plain, signature_spec
-from mubench.errors import UserError, unknown_name
+from mubench.errors import UserError, problem_key, unknown_name
 
 PROJECT = "mubench"
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # a name that can be part of a file name (results, caches)
@@ -297,19 +297,26 @@ class Registry:
     def card(self, name: str) -> TaskCard:
         return load_card(self._get("task", name, self.card_paths), roots=self.card_folders)
 
-    def card_problems(self, card: TaskCard) -> list[str]:
-        """Every problem of ``card`` that only the plugins can see (see :func:`mubench.api.catalog.card_problems`)."""
-        return card_problems(card, self.catalog)
+    def card_problems(self, path: Path) -> tuple[str | None, list[str]]:
+        """The task name of the card at ``path`` and every problem it has, one line each: its YAML and includes (the
+        first, raised), its structure (:func:`~mubench.api.card.structure_problems`), and what only the plugins can see
+        (:func:`~mubench.api.catalog.card_problems`) of the keys whose structure is sound."""
+        data = resolve_includes(path, roots=self.card_folders)
+        structural = structure_problems(data, path)
+        broken = [key for problem in structural if (key := problem_key(problem))]
+
+        def under_broken(key: str) -> bool:
+            return any(key == top or key.startswith((top + ".", top + "[")) for top in broken)
+
+        seen = [problem for problem in card_problems(TaskCard(path, data), self.catalog) if not under_broken(problem_key(problem))]
+        return data.get("task"), structural + seen
 
     def checked_card(self, name: str) -> TaskCard:
-        """The card of task ``name``, refused in one line (its first problem) if it has any problem
-        :meth:`card_problems` finds."""
-        card = self.card(name)
-        problems = self.card_problems(card)
-        if problems:
-            raise UserError(problems[0] + (f" (and {len(problems) - 1} more: `mubench validate {card.path}` lists them)"
-                                           if len(problems) > 1 else ""))
-        return card
+        """The card of task ``name``, refused in one line (its first problem, and how many more there are) if it has
+        any problem :meth:`card_problems` finds."""
+        path = self._get("task", name, self.card_paths)
+        refuse(self.card_problems(path)[1], path)
+        return self.card(name)
 
     def method(self, name: str):
         return self._get("method", name, self.methods)
