@@ -301,6 +301,19 @@ class Registry:
         """The task name of the card at ``path`` and every problem it has, one line each: its YAML and includes (the
         first, raised), its structure (:func:`~mubench.api.card.structure_problems`), and what only the plugins can see
         (:func:`~mubench.api.catalog.card_problems`) of the keys whose structure is sound."""
+        card, problems = self._read_card(path)
+        return card.data.get("task"), problems
+
+    def checked_card(self, name: str) -> TaskCard:
+        """The card of task ``name``, refused in one line (its first problem, and how many more there are) if it has
+        any problem :meth:`card_problems` finds."""
+        path = self._get("task", name, self.card_paths)
+        card, problems = self._read_card(path)
+        refuse(problems, path)
+        return card
+
+    def _read_card(self, path: Path) -> tuple[TaskCard, list[str]]:
+        """The card at ``path``, read once, with every problem :meth:`card_problems` reports."""
         data = resolve_includes(path, roots=self.card_folders)
         structural = structure_problems(data, path)
         broken = [key for problem in structural if (key := problem_key(problem))]
@@ -308,15 +321,8 @@ class Registry:
         def under_broken(key: str) -> bool:
             return any(key == top or key.startswith((top + ".", top + "[")) for top in broken)
 
-        seen = [problem for problem in card_problems(TaskCard(path, data), self.catalog) if not under_broken(problem_key(problem))]
-        return data.get("task"), structural + seen
-
-    def checked_card(self, name: str) -> TaskCard:
-        """The card of task ``name``, refused in one line (its first problem, and how many more there are) if it has
-        any problem :meth:`card_problems` finds."""
-        path = self._get("task", name, self.card_paths)
-        refuse(self.card_problems(path)[1], path)
-        return self.card(name)
+        card = TaskCard(path, data)
+        return card, structural + [problem for problem in card_problems(card, self.catalog) if not under_broken(problem_key(problem))]
 
     def method(self, name: str):
         return self._get("method", name, self.methods)
